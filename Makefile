@@ -1,0 +1,38 @@
+# shomei: the two commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test sysdeps venv bench clean-var
+
+run: sysdeps $(STAMP)
+	$(BIN)/shomei serve
+
+test: sysdeps $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: sysdeps $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+# Debian packages: PostgreSQL server, SoftHSMv2, OpenSSL CLI and the venv module.
+sysdeps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+clean-var:
+	rm -rf var

@@ -1,0 +1,1 @@
+"""Pure domain logic of shomei: names, profiles, rules, errors. No I/O."""

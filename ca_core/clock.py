@@ -1,0 +1,33 @@
+"""Clocks are passed in; ca_core never reads the time itself."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+UTC = dt.timezone.utc
+JST = dt.timezone(dt.timedelta(hours=9), "JST")
+
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime:
+        """Current time, timezone-aware UTC, whole seconds."""
+
+
+class SystemClock:
+    """The real clock, truncated to whole seconds (X.509 times carry no fractions)."""
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(UTC).replace(microsecond=0)
+
+
+class FixedClock:
+    """A settable clock for tests."""
+
+    def __init__(self, at: dt.datetime):
+        self.at = at.astimezone(UTC).replace(microsecond=0)
+
+    def now(self) -> dt.datetime:
+        return self.at
+
+    def advance(self, **delta) -> None:
+        self.at = self.at + dt.timedelta(**delta)

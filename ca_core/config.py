@@ -1,0 +1,206 @@
+"""Configuration model: frozen dataclasses, loaded from a TOML file and environment variables.
+
+Unknown keys are rejected, values are checked once at load (ConfigError), and nothing else reads the
+environment. Names of the CAs are configuration, never hard-coded in the profiles.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+CA_IDS = ("signing", "auth")
+KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ec-p256")
+
+# RDN attribute short names accepted in configured names.
+NAME_ATTRS = ("C", "ST", "L", "O", "OU", "CN")
+
+
+@dataclass(frozen=True)
+class CAConfig:
+    """One certificate authority (signing or user-authentication)."""
+
+    subject: tuple[tuple[str, str], ...]
+    issuer_alt_name: tuple[tuple[str, str], ...]
+    policy_oid: str
+    cps_uri: str
+    key_type: str = "rsa2048"
+    root_validity_days: int = 3650
+    responder_validity_days: int = 30
+    responder_renew_days: int = 7
+
+
+def _default_ca(ou: str, policy: str, ian_ou: str) -> CAConfig:
+    return CAConfig(
+        subject=(("C", "JP"), ("O", "JPKI-TEST"), ("OU", ou),
+                 ("OU", "Japan Agency for Local Authority Information Systems")),
+        issuer_alt_name=(("C", "JP"), ("O", "公的個人認証サービス"), ("OU", ian_ou)),
+        policy_oid=policy,
+        cps_uri="http://127.0.0.1:8080/cps",
+    )
+
+
+@dataclass(frozen=True)
+class CAs:
+    signing: CAConfig = field(default_factory=lambda: _default_ca(
+        "JPKI for digital signature", "1.2.392.200149.8.5.1.0.20", "署名用認証局"))
+    auth: CAConfig = field(default_factory=lambda: _default_ca(
+        "JPKI for user authentication", "1.2.392.200149.8.5.1.3.30", "利用者証明用認証局"))
+
+    def get(self, ca_id: str) -> CAConfig:
+        return getattr(self, ca_id)
+
+
+@dataclass(frozen=True)
+class HSMConfig:
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str = "shomei"
+    pin_file: str | None = None  # a file holding the user PIN (mode 0600)
+    pin_env: str = "SHOMEI_PKCS11_PIN"  # or an environment variable holding it
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    public_base_url: str = "http://127.0.0.1:8080"  # base of URLs put in certificates
+    max_body_bytes: int = 65536
+    db_pool_size: int = 16
+
+
+@dataclass(frozen=True)
+class IssuanceConfig:
+    partition_size: int = 100_000  # certificates per CRL partition: <= 100k entries keeps a CRL < 10 MB
+    rsa_key_sizes: tuple[int, ...] = (2048,)
+    publish_deltas: bool = True  # adds freshestCRL to certificates
+    renewal_window_days: int = 92
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    resident_hash_key_file: str | None = None  # HMAC key for resident codes
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str | None = None
+    var_dir: str = "var"
+    hsm: HSMConfig = field(default_factory=HSMConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    issuance: IssuanceConfig = field(default_factory=IssuanceConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    ca: CAs = field(default_factory=CAs)
+
+    @property
+    def embedded(self) -> bool:
+        """No DATABASE_URL: run the embedded PostgreSQL cluster and SoftHSM token under var/."""
+        return self.database_url is None
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(hint, value, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list")
+        inner = args[0]
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        return _coerce([a for a in args if a is not type(None)][0], value, where)
+    if hint in (int, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check cross-field rules once; raises ConfigError."""
+    for ca_id in CA_IDS:
+        ca = cfg.ca.get(ca_id)
+        if ca.key_type not in KEY_TYPES:
+            raise ConfigError(f"ca.{ca_id}.key_type must be one of {', '.join(KEY_TYPES)}")
+        for attr, _v in ca.subject + ca.issuer_alt_name:
+            if attr not in NAME_ATTRS:
+                raise ConfigError(f"ca.{ca_id}: name attribute {attr!r} not one of {NAME_ATTRS}")
+        if not ca.subject:
+            raise ConfigError(f"ca.{ca_id}.subject must not be empty")
+        if ca.responder_renew_days >= ca.responder_validity_days:
+            raise ConfigError(f"ca.{ca_id}.responder_renew_days must be less than responder_validity_days")
+    if cfg.ca.signing.subject == cfg.ca.auth.subject:
+        raise ConfigError("the signing and auth CAs must have different names")
+    if not 1 <= cfg.issuance.partition_size <= 130_000:
+        raise ConfigError("issuance.partition_size must be 1..130000 (a partition CRL stays under 10 MB)")
+    if not all(bits in (2048, 3072, 4096) for bits in cfg.issuance.rsa_key_sizes):
+        raise ConfigError("issuance.rsa_key_sizes: only 2048, 3072, 4096")
+    if cfg.server.workers < 1:
+        raise ConfigError("server.workers must be >= 1")
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Load configuration: defaults, then the TOML file (SHOMEI_CONFIG), then environment overrides.
+
+    Environment: DATABASE_URL, SHOMEI_PKCS11_MODULE, SHOMEI_PKCS11_TOKEN, SHOMEI_PKCS11_PIN_FILE,
+    SHOMEI_LISTEN (host:port), SHOMEI_PUBLIC_URL, SHOMEI_VAR_DIR, SHOMEI_WORKERS.
+    """
+    env = os.environ if env is None else env
+    data: dict = {}
+    path = path or env.get("SHOMEI_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path}: {exc}") from None
+    cfg = _build(Config, data, "config")
+    hsm, server = cfg.hsm, cfg.server
+    if "DATABASE_URL" in env:
+        cfg = cfg.replace(database_url=env["DATABASE_URL"] or None)
+    if "SHOMEI_VAR_DIR" in env:
+        cfg = cfg.replace(var_dir=env["SHOMEI_VAR_DIR"])
+    hsm = dataclasses.replace(
+        hsm,
+        module=env.get("SHOMEI_PKCS11_MODULE", hsm.module),
+        token_label=env.get("SHOMEI_PKCS11_TOKEN", hsm.token_label),
+        pin_file=env.get("SHOMEI_PKCS11_PIN_FILE", hsm.pin_file),
+    )
+    if "SHOMEI_LISTEN" in env:
+        host, _, port = env["SHOMEI_LISTEN"].rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("SHOMEI_LISTEN must be host:port")
+        server = dataclasses.replace(server, host=host, port=int(port))
+    if "SHOMEI_PUBLIC_URL" in env:
+        server = dataclasses.replace(server, public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
+    if "SHOMEI_WORKERS" in env:
+        server = dataclasses.replace(server, workers=int(env["SHOMEI_WORKERS"]))
+    return validate(cfg.replace(hsm=hsm, server=server))

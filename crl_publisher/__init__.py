@@ -1,0 +1,1 @@
+"""Full, delta and partition CRLs: building, publishing, serving."""

@@ -1,0 +1,5 @@
+"""HTTP routes of this component (none yet)."""
+
+
+def setup(app, rt) -> None:
+    return None

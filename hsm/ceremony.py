@@ -1,0 +1,66 @@
+"""Key ceremony steps in the token: CA key pairs with self-signed certificates, and delegated OCSP
+responder keys with certificates issued by their CA. Each step is idempotent on the key label: a key
+left by an interrupted ceremony is reused, never duplicated."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ca_core.algorithms import SignatureAlgorithm, algorithm_for
+from ca_core.ca import Issuer
+from ca_core.config import CAConfig
+from ca_core.names import build_name
+from ca_core.profiles import assemble_certificate, responder_tbs, root_tbs
+from ca_core.serials import new_serial
+
+from .signer import Signer
+
+
+@dataclass(frozen=True)
+class MadeCertificate:
+    key_label: str
+    certificate_der: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+def ca_key_label(ca_id: str, generation: int) -> str:
+    return f"shomei-{ca_id}-g{generation}"
+
+
+def responder_key_label(ca_id: str, generation: int, now: dt.datetime) -> str:
+    return f"shomei-{ca_id}-g{generation}-ocsp-{now:%Y%m%dT%H%M%S}"
+
+
+async def _key(signer: Signer, label: str, key_type: str) -> bytes:
+    spki = await signer.public_key(label)
+    if spki is None:
+        spki = await signer.generate_keypair(label, key_type)
+    return spki
+
+
+async def create_root(signer: Signer, ca_id: str, generation: int, ca: CAConfig,
+                      now: dt.datetime) -> MadeCertificate:
+    """Key pair and self-signed certificate of one CA generation."""
+    label = ca_key_label(ca_id, generation)
+    alg = algorithm_for(ca.key_type)
+    spki = await _key(signer, label, ca.key_type)
+    not_after = now + dt.timedelta(days=ca.root_validity_days)
+    tbs = root_tbs(ca_name=build_name(ca.subject), spki_der=spki, alg=alg, serial=new_serial(),
+                   not_before=now, not_after=not_after)
+    der = tbs.dump()
+    sig = await signer.sign(label, alg, der)
+    return MadeCertificate(label, assemble_certificate(tbs, alg, sig), now, not_after)
+
+
+async def create_responder(signer: Signer, issuer: Issuer, ca: CAConfig, now: dt.datetime) -> MadeCertificate:
+    """Delegated OCSP responder key (same type as the CA's) and its short-lived certificate."""
+    label = responder_key_label(issuer.ca_id, issuer.generation, now)
+    spki = await _key(signer, label, ca.key_type)
+    not_after = min(now + dt.timedelta(days=ca.responder_validity_days), issuer.not_after)
+    tbs = responder_tbs(issuer, spki_der=spki, serial=new_serial(), not_before=now, not_after=not_after)
+    sig = await signer.sign(issuer.key_label, issuer.algorithm, tbs.dump())
+    return MadeCertificate(label, assemble_certificate(tbs, issuer.algorithm, sig), now, not_after)
+
+
+__all__ = ["MadeCertificate", "create_root", "create_responder", "ca_key_label", "SignatureAlgorithm"]

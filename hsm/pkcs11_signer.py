@@ -1,0 +1,194 @@
+"""Signer on a PKCS#11 token through python-pkcs11 (SoftHSMv2 in the embedded default).
+
+Every PKCS#11 call of a process runs on one dedicated thread: python-pkcs11 with SoftHSMv2 crashed when
+two threads of one process signed through one login (DESIGN.md). Scale is by processes, each with its
+own session (`shomei serve --workers N`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pkcs11
+from asn1crypto import core, keys
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+from pkcs11.util.rsa import encode_rsa_public_key
+from prometheus_client import Counter, Histogram
+
+from ca_core.algorithms import SignatureAlgorithm
+from ca_core.errors import ConfigError, HSMError
+
+log = logging.getLogger(__name__)
+
+HSM_SIGNATURES = Counter("shomei_hsm_signatures_total", "Signatures made by the token", ["result"])
+HSM_LATENCY = Histogram("shomei_hsm_sign_seconds", "Token signing latency (queue wait included)",
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
+
+
+class StartupError(ConfigError):
+    """The token cannot be used at all: wrong PIN, missing module or token."""
+
+    code = "hsm_startup"
+
+
+class PKCS11Signer:
+    """One logged-in session on one thread."""
+
+    def __init__(self, module: str, token_label: str, pin: str):
+        self._module = module
+        self._token_label = token_label
+        self._pin = pin
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
+        self._session = None
+        self._keys: dict[str, object] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Load the module, find the token and log in; raises StartupError naming what is wrong."""
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        if not os.path.exists(self._module):
+            raise StartupError(f"PKCS#11 module not found: {self._module}")
+        try:
+            lib = pkcs11.lib(self._module)
+        except Exception as exc:
+            raise StartupError(f"cannot load PKCS#11 module {self._module}: {exc}") from None
+        try:
+            token = lib.get_token(token_label=self._token_label)
+        except pkcs11.NoSuchToken:
+            raise StartupError(f"no token labelled {self._token_label!r} in {self._module}") from None
+        except pkcs11.MultipleTokensReturned:
+            raise StartupError(f"several tokens labelled {self._token_label!r}") from None
+        try:
+            self._session = token.open(user_pin=self._pin, rw=True)
+        except pkcs11.PinIncorrect:
+            raise StartupError(f"wrong user PIN for token {self._token_label!r}") from None
+        except pkcs11.PinLocked:
+            raise StartupError(f"the user PIN of token {self._token_label!r} is locked") from None
+        except pkcs11.PKCS11Error as exc:
+            raise StartupError(f"cannot open a session on token {self._token_label!r}: "
+                               f"{type(exc).__name__}") from None
+
+    async def close(self) -> None:
+        def _close():
+            if self._session is not None:
+                try:
+                    self._session.close()
+                except pkcs11.PKCS11Error:
+                    pass
+                self._session = None
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # -- signing ---------------------------------------------------------------------------------
+    def _private_key(self, label: str):
+        key = self._keys.get(label)
+        if key is None:
+            if self._session is None:
+                raise HSMError("the token session is not open")
+            try:
+                key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            except pkcs11.NoSuchKey:
+                raise HSMError(f"the token has no private key labelled {label!r}") from None
+            self._keys[label] = key
+        return key
+
+    def _sign_sync(self, label: str, alg: SignatureAlgorithm, digest: bytes) -> bytes:
+        key = self._private_key(label)
+        mech = Mechanism.RSA_PKCS if alg.is_rsa else Mechanism.ECDSA
+        return alg.encode_signature(key.sign(alg.token_input(digest), mechanism=mech))
+
+    async def sign_digest(self, key_label: str, alg: SignatureAlgorithm, digest: bytes) -> bytes:
+        start = time.perf_counter()
+        try:
+            sig = await self._run(self._sign_sync, key_label, alg, digest)
+        except HSMError:
+            HSM_SIGNATURES.labels("error").inc()
+            raise
+        except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
+            HSM_SIGNATURES.labels("error").inc()
+            self._keys.pop(key_label, None)
+            log.error("token signing failed: %s", type(exc).__name__)
+            raise HSMError(f"the token failed to sign ({type(exc).__name__})") from None
+        HSM_SIGNATURES.labels("ok").inc()
+        HSM_LATENCY.observe(time.perf_counter() - start)
+        return sig
+
+    async def sign(self, key_label: str, alg: SignatureAlgorithm, tbs_der: bytes) -> bytes:
+        h = alg.new_hash()
+        h.update(tbs_der)
+        return await self.sign_digest(key_label, alg, h.digest())
+
+    # -- keys ------------------------------------------------------------------------------------
+    def _spki_sync(self, label: str) -> bytes | None:
+        try:
+            pub = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
+        except pkcs11.NoSuchKey:
+            return None
+        if pub.key_type == KeyType.RSA:
+            return keys.PublicKeyInfo({
+                "algorithm": {"algorithm": "rsa", "parameters": core.Null()},
+                "public_key": keys.RSAPublicKey.load(encode_rsa_public_key(pub)),
+            }).dump()
+        point = core.OctetString.load(pub[Attribute.EC_POINT]).native
+        return keys.PublicKeyInfo({
+            "algorithm": {"algorithm": "ec", "parameters": keys.ECDomainParameters(name="named", value="secp256r1")},
+            "public_key": point,
+        }).dump()
+
+    async def public_key(self, key_label: str) -> bytes | None:
+        try:
+            return await self._run(self._spki_sync, key_label)
+        except pkcs11.PKCS11Error as exc:
+            raise HSMError(f"the token failed to read key {key_label!r} ({type(exc).__name__})") from None
+
+    def _generate_sync(self, label: str, key_type: str) -> bytes:
+        private_template = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True}
+        public_template = {Attribute.VERIFY: True}
+        if key_type.startswith("rsa"):
+            self._session.generate_keypair(KeyType.RSA, int(key_type[3:]), label=label, store=True,
+                                           private_template=private_template, public_template=public_template)
+        else:
+            params = self._session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+            params.generate_keypair(label=label, store=True, private_template=private_template,
+                                    public_template=public_template)
+        return self._spki_sync(label)
+
+    async def generate_keypair(self, key_label: str, key_type: str) -> bytes:
+        try:
+            return await self._run(self._generate_sync, key_label, key_type)
+        except pkcs11.PKCS11Error as exc:
+            raise HSMError(f"the token failed to generate key {key_label!r} ({type(exc).__name__})") from None
+
+    async def ping(self) -> None:
+        def _ping():
+            if self._session is None:
+                raise HSMError("the token session is not open")
+            self._session.generate_random(64)
+        try:
+            await self._run(_ping)
+        except pkcs11.PKCS11Error as exc:
+            raise HSMError(f"the token does not answer ({type(exc).__name__})") from None
+
+
+def read_pin(pin_file: str | None, pin_env: str, environ=os.environ) -> str:
+    """The user PIN from a file (preferred) or an environment variable; raises StartupError."""
+    if pin_file:
+        try:
+            return open(pin_file, encoding="utf-8").read().strip()
+        except OSError as exc:
+            raise StartupError(f"cannot read the PIN file {pin_file}: {exc.strerror}") from None
+    pin = environ.get(pin_env)
+    if not pin:
+        raise StartupError(f"no token PIN: set hsm.pin_file (SHOMEI_PKCS11_PIN_FILE) or {pin_env}")
+    return pin

@@ -1,0 +1,1 @@
+"""Issuance of residents' signing and user-authentication certificates."""

@@ -1,0 +1,73 @@
+"""POST /v1/certificates: terminal-authenticated issuance."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field
+
+from ca_core.resident import BasicFour
+from ca_core.serials import serial_hex
+from shomei.http import RT, authenticate, operator_id, read_model
+
+from .service import IssuanceService, IssueRequest
+
+RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ResidentBody(_Strict):
+    name: str
+    name_substitutes: str
+    address: str
+    address_substitutes: str
+    birth_date: str
+    sex: str
+
+
+class IssueBody(_Strict):
+    request_id: RequestId
+    municipality_code: str
+    resident_code: str
+    resident: ResidentBody
+    card_expires_on: str
+    signing_csr: str | None = None
+    auth_csr: str | None = None
+    adult_ward: bool = False
+
+    def to_request(self) -> IssueRequest:
+        return IssueRequest(
+            request_id=self.request_id, municipality_code=self.municipality_code,
+            resident_code=self.resident_code, resident=BasicFour(**self.resident.model_dump()),
+            card_expires_on=self.card_expires_on, signing_csr=self.signing_csr, auth_csr=self.auth_csr,
+            adult_ward=self.adult_ward)
+
+
+def _pem(der: bytes) -> str:
+    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
+
+
+SERVICE = web.AppKey("issuance_service", IssuanceService)
+
+
+async def post_certificates(request: web.Request) -> web.Response:
+    rt = request.app[RT]
+    client = await authenticate(request, rt.clients, "terminal")
+    operator = operator_id(request)
+    body = await read_model(request, IssueBody, rt.cfg.server.max_body_bytes)
+    result = await request.app[SERVICE].issue(client, operator, body.to_request())
+    payload = {"request_id": body.request_id, "certificates": [
+        {"kind": c.kind, "serial": serial_hex(c.serial), "certificate": _pem(c.der),
+         "not_after": c.not_after.isoformat().replace("+00:00", "Z")}
+        for c in result.certificates]}
+    return web.json_response(payload, status=201 if result.created else 200)
+
+
+def setup(app: web.Application, rt) -> None:
+    app[SERVICE] = IssuanceService(rt)
+    app.router.add_post("/v1/certificates", post_certificates)

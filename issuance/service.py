@@ -1,0 +1,222 @@
+"""The issuance use case: validate everything, sign with the token, then record durably.
+
+Order matters: every check runs before the token signs (a signature is the scarce resource), and the
+certificate rows, the superseding revocations and the audit records are written in one transaction
+before the answer. A certificate that was signed but whose transaction failed never leaves the service.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+from prometheus_client import Counter, Histogram
+
+from ca_core import errors
+from ca_core.clock import JST
+from ca_core.csr import check_csr
+from ca_core.municipality import prefecture_romaji, validate_code
+from ca_core.profiles import CertificateProfile, end_entity_subject, end_entity_tbs, partition_name, validity, \
+    assemble_certificate
+from ca_core.records import CertificateRecord
+from ca_core.resident import BasicFour, check_resident_code, check_signing_eligibility, resident_hash
+from ca_core.revocation import Reason
+from ca_core.serials import new_serial, serial_bytes, serial_hex
+from storage import audit, certificates as cert_store, revocations as rev_store
+
+log = logging.getLogger(__name__)
+
+ISSUED = Counter("shomei_issuance_total", "Issuance requests by kind and result", ["kind", "result"])
+ISSUE_LATENCY = Histogram("shomei_issuance_seconds", "Issuance request latency by kind", ["kind"],
+                          buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """A validated-for-shape issuance request (the JSON body)."""
+
+    request_id: str
+    municipality_code: str
+    resident_code: str
+    resident: BasicFour
+    card_expires_on: str
+    signing_csr: str | None
+    auth_csr: str | None
+    adult_ward: bool = False
+
+    def body_hash(self) -> bytes:
+        canonical = json.dumps(self.__dict__ | {"resident": self.resident.__dict__}, sort_keys=True,
+                               ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    kind: str
+    serial: int
+    der: bytes
+    not_after: dt.datetime
+
+    @classmethod
+    def of(cls, rec: CertificateRecord) -> "IssuedCertificate":
+        return cls(rec.kind, rec.serial, rec.der, rec.not_after)
+
+
+@dataclass(frozen=True)
+class IssueResult:
+    created: bool  # False: a replay of an earlier identical request
+    certificates: list[IssuedCertificate]
+
+
+class IssuanceService:
+    def __init__(self, rt):
+        self.rt = rt
+        self.cfg = rt.cfg
+        self.profiles = {kind: CertificateProfile.from_config(rt.cfg, kind) for kind in ("signing", "auth")}
+        self._municipalities: dict[str, str] = {}
+
+    async def _municipality(self, conn, code: str) -> str:
+        name = self._municipalities.get(code)
+        if name is None:
+            name = await conn.fetchval("SELECT name_romaji FROM municipality WHERE code = $1", code)
+            if name is None:
+                raise errors.PolicyViolation(f"municipality {code} is not registered", field="municipality_code",
+                                             code="unknown_municipality")
+            self._municipalities[code] = name
+        return name
+
+    def _validate(self, client, req: IssueRequest, now: dt.datetime):
+        today = now.astimezone(JST).date()
+        validate_code(req.municipality_code)
+        if client.municipality_code != req.municipality_code:
+            raise errors.Forbidden(f"this terminal belongs to municipality {client.municipality_code} and may not "
+                                   f"issue for {req.municipality_code}", field="municipality_code",
+                                   code="municipality_mismatch")
+        check_resident_code(req.resident_code)
+        birth = req.resident.validate(today)
+        try:
+            card_expiry = dt.date.fromisoformat(req.card_expires_on)
+        except (TypeError, ValueError):
+            raise errors.InvalidRequest("card_expires_on must be a date (YYYY-MM-DD)", field="card_expires_on",
+                                        code="invalid_date") from None
+        if card_expiry < today:
+            raise errors.InvalidRequest("the card has already expired", field="card_expires_on",
+                                        code="card_expired")
+        kinds = [k for k, csr in (("signing", req.signing_csr), ("auth", req.auth_csr)) if csr is not None]
+        if not kinds:
+            raise errors.InvalidRequest("give signing_csr, auth_csr or both", field="signing_csr",
+                                        code="missing_csr")
+        if "signing" in kinds:
+            check_signing_eligibility(birth, today, req.adult_ward)
+        sizes = self.cfg.issuance.rsa_key_sizes
+        csrs = {k: check_csr(getattr(req, f"{k}_csr"), field=f"{k}_csr", rsa_key_sizes=sizes) for k in kinds}
+        if len(csrs) == 2 and csrs["signing"].spki_der == csrs["auth"].spki_der:
+            raise errors.InvalidRequest("the signing and auth certificates need different key pairs",
+                                        field="auth_csr", code="duplicate_key")
+        return birth, card_expiry, csrs
+
+    async def issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
+        """Issue the requested certificates; raises a ShomeiError subclass on any rejection."""
+        started = time.perf_counter()
+        kinds_label = "+".join(k for k in ("signing", "auth") if getattr(req, f"{k}_csr") is not None) or "none"
+        try:
+            result = await self._issue(client, operator_id, req)
+        except errors.ShomeiError as exc:
+            ISSUED.labels(kinds_label, exc.code if isinstance(exc, errors.Unavailable) else "rejected").inc()
+            raise
+        ISSUED.labels(kinds_label, "issued" if result.created else "replayed").inc()
+        ISSUE_LATENCY.labels(kinds_label).observe(time.perf_counter() - started)
+        return result
+
+    async def _replay(self, conn, client, req: IssueRequest) -> IssueResult | None:
+        row = await conn.fetchrow("SELECT id, body_hash FROM issuance WHERE client_id = $1 AND request_id = $2",
+                                  client.id, req.request_id)
+        if row is None:
+            return None
+        if bytes(row["body_hash"]) != req.body_hash():
+            raise errors.Conflict("request_id was already used with a different body", field="request_id",
+                                  code="idempotency_conflict")
+        certs = await cert_store.of_issuance(conn, row["id"])
+        return IssueResult(False, [IssuedCertificate.of(c) for c in certs])
+
+    async def _issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
+        rt = self.rt
+        now = rt.clock.now()
+        birth, card_expiry, csrs = self._validate(client, req, now)
+        rhash = resident_hash(rt.resident_key, req.resident_code)
+        async with rt.pool.acquire() as conn:
+            replay = await self._replay(conn, client, req)
+            if replay is not None:
+                return replay
+            municipality = await self._municipality(conn, req.municipality_code)
+            ids = await cert_store.allocate_ids(conn, len(csrs))
+
+        not_before, not_after = validity(now, birth, card_expiry)
+        signed = []
+        for (kind, csr), cert_id in zip(csrs.items(), ids):
+            issuer = rt.issuers.current(kind)
+            if issuer is None:
+                raise errors.Unavailable(f"the {kind} CA has no key yet; run the key ceremony",
+                                         code="ca_not_ready")
+            serial = new_serial()
+            partition = cert_id // self.cfg.issuance.partition_size
+            subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), municipality,
+                                         serial_hex(serial).upper())
+            tbs = end_entity_tbs(self.profiles[kind], issuer, serial=serial, spki_der=csr.spki_der, subject=subject,
+                                 basic4=req.resident if kind == "signing" else None, not_before=not_before,
+                                 not_after=not_after, partition=partition_name(issuer.generation, partition))
+            signature = await rt.signer.sign(issuer.key_label, issuer.algorithm, tbs.dump())
+            der = assemble_certificate(tbs, issuer.algorithm, signature)
+            signed.append((kind, cert_id, issuer, serial, partition, der))
+
+        try:
+            async with rt.pool.acquire() as conn:
+                async with conn.transaction():
+                    issuance_id = await conn.fetchval(
+                        "INSERT INTO issuance (client_id, request_id, body_hash, operator_id) VALUES ($1,$2,$3,$4)"
+                        " ON CONFLICT (client_id, request_id) DO NOTHING RETURNING id",
+                        client.id, req.request_id, req.body_hash(), operator_id)
+                    if issuance_id is None:
+                        raise _Raced()
+                    for kind, cert_id, issuer, serial, partition, der in signed:
+                        for old in await cert_store.live_of_resident(conn, rhash, (kind,), for_update=True):
+                            await rev_store.apply_revocation(
+                                conn, old, reason=Reason.superseded, at=now, effective_at=now,
+                                source="supersede", source_ref=req.request_id)
+                            await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
+                                               serial=serial_bytes(old.serial), request_id=req.request_id,
+                                               details={"reason": "superseded", "by": serial_hex(serial)})
+                        await cert_store.insert(conn, id=cert_id, ca_generation_id=issuer.db_id, serial=serial,
+                                                kind=kind, resident_hash=rhash,
+                                                municipality_code=req.municipality_code, partition=partition,
+                                                not_before=not_before, not_after=not_after, der=der,
+                                                issuance_id=issuance_id)
+                        await audit.record(conn, action="issue", client_id=client.id, operator_id=operator_id,
+                                           serial=serial_bytes(serial), request_id=req.request_id,
+                                           details={"kind": kind, "issuer": f"{issuer.ca_id}-g{issuer.generation}",
+                                                    "partition": partition})
+        except _Raced:
+            async with rt.pool.acquire() as conn:
+                replay = await self._replay(conn, client, req)
+            if replay is None:
+                raise errors.Conflict("a request with this request_id is being processed; retry",
+                                      field="request_id", code="request_in_progress") from None
+            return replay
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "certificate_one_live":
+                raise errors.Conflict("another issuance for this resident is in progress; retry",
+                                      code="concurrent_issuance") from None
+            raise
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            log.error("issuance not recorded, database failed: %s", type(exc).__name__)
+            raise errors.Unavailable("the database is unavailable; nothing was issued") from None
+        return IssueResult(True, [IssuedCertificate(kind, serial, der, not_after)
+                                  for kind, _id, _iss, serial, _p, der in signed])
+
+
+class _Raced(Exception):
+    """Another request with the same request_id committed first."""

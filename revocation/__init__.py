@@ -1,0 +1,1 @@
+"""Revocations: window, holds, resident-register feed, online window."""

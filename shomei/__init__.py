@@ -1,0 +1,1 @@
+"""The service shell: configuration loading, wiring, HTTP plumbing, CLI and the embedded runtime."""

@@ -1,0 +1,99 @@
+"""The aiohttp application: wiring of every component's routes, health, metrics and CA certificates."""
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from ca_core.errors import NotFound, ShomeiError, Unavailable
+from shomei.http import RT, error_middleware
+
+log = logging.getLogger(__name__)
+
+
+def _registry():
+    import os
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[RT]
+    checks = {}
+    try:
+        async with rt.pool.acquire(timeout=5) as conn:
+            await conn.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure is a health answer, not an error
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        await rt.signer.ping()
+        checks["token"] = "ok"
+    except ShomeiError as exc:
+        checks["token"] = f"error: {exc.message}"
+    checks["cas"] = {ca: (f"g{i.generation}" if (i := rt.issuers.current(ca)) else "missing")
+                     for ca in ("signing", "auth")}
+    ok = checks["database"] == "ok" and checks["token"] == "ok" and "missing" not in checks["cas"].values()
+    return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _issuer_or_404(rt, ca: str, key_id_hex: str | None):
+    if ca not in ("signing", "auth"):
+        raise NotFound(f"no CA {ca!r}; CAs are 'signing' and 'auth'", field="ca", code="unknown_ca")
+    if key_id_hex is None:
+        issuer = rt.issuers.current(ca)
+    else:
+        try:
+            issuer = rt.issuers.by_key_id(bytes.fromhex(key_id_hex))
+        except ValueError:
+            issuer = None
+        if issuer is not None and issuer.ca_id != ca:
+            issuer = None
+    if issuer is None:
+        raise NotFound(f"no certificate of CA {ca} with that key id", code="unknown_ca_generation")
+    return issuer
+
+
+async def ca_certificate(request: web.Request) -> web.Response:
+    """GET /ca/{ca}.crt (current generation) and /ca/{ca}/{key_id}.crt (any generation), DER."""
+    rt = request.app[RT]
+    issuer = _issuer_or_404(rt, request.match_info["ca"], request.match_info.get("key_id"))
+    return web.Response(body=issuer.certificate_der, content_type="application/pkix-cert",
+                        headers={"Cache-Control": "public, max-age=3600",
+                                 "ETag": f'"{issuer.fingerprint_sha256[:32]}"'})
+
+
+async def ca_list(request: web.Request) -> web.Response:
+    rt = request.app[RT]
+    return web.json_response({"cas": [
+        {"ca": i.ca_id, "generation": i.generation, "key_id": i.key_id.hex(), "current": rt.issuers.current(i.ca_id) is i,
+         "fingerprint_sha256": i.fingerprint_sha256, "not_after": i.not_after.isoformat()}
+        for i in rt.issuers]})
+
+
+def make_app(rt) -> web.Application:
+    """Build the application around an open Runtime."""
+    import crl_publisher.http as crl_http
+    import issuance.http as issuance_http
+    import ocsp_responder.http as ocsp_http
+    import revocation.http as revocation_http
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=rt.cfg.server.max_body_bytes)
+    app[RT] = rt
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ca", ca_list)
+    app.router.add_get("/ca/{ca}.crt", ca_certificate)
+    app.router.add_get("/ca/{ca}/{key_id}.crt", ca_certificate)
+    for component in (issuance_http, revocation_http, crl_http, ocsp_http):
+        component.setup(app, rt)
+    return app

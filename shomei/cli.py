@@ -1,0 +1,290 @@
+"""`shomei`: the operators' command line."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ca_core import config as config_mod
+from ca_core.errors import ShomeiError
+
+log = logging.getLogger("shomei")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("yoyo").setLevel(logging.WARNING)
+
+
+def _config(prepare: bool = True):
+    """Load configuration; in the embedded default, start PostgreSQL and the token under var/."""
+    from shomei.runtime import prepare_embedded
+
+    cfg = config_mod.load()
+    if cfg.embedded and prepare:
+        cfg = prepare_embedded(cfg)
+    return cfg
+
+
+def _fail(exc: ShomeiError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(2)
+
+
+async def _with_runtime(cfg, fn):
+    from shomei.runtime import open_runtime
+
+    rt = await open_runtime(cfg)
+    try:
+        return await fn(rt)
+    finally:
+        await rt.close()
+
+
+def run_async(cfg, fn):
+    try:
+        return asyncio.run(_with_runtime(cfg, fn))
+    except ShomeiError as exc:
+        _fail(exc)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """shomei: certificate-authority back end for a national individual PKI."""
+    _setup_logging(verbose)
+
+
+# -- key ceremony and CAs ------------------------------------------------------------------------
+
+@main.command()
+def ceremony() -> None:
+    """Create the CA keys, self-signed CA certificates and OCSP responder certificates that are
+    missing (idempotent: a second run changes nothing)."""
+    from shomei.operations import run_ceremony
+
+    try:
+        cfg = _config()
+    except ShomeiError as exc:
+        _fail(exc)
+    done = run_async(cfg, run_ceremony)
+    for line in done or ["nothing to do: every CA has its key, certificate and responder"]:
+        click.echo(line)
+
+
+@main.group()
+def ca() -> None:
+    """CA generations."""
+
+
+def _colon_hex(hexstr: str) -> str:
+    return ":".join(hexstr[i:i + 2] for i in range(0, len(hexstr), 2)).upper()
+
+
+@ca.command("list")
+def ca_list() -> None:
+    """Each CA generation with its SHA-256 fingerprint, as residents are told to compare."""
+    try:
+        cfg = _config()
+    except ShomeiError as exc:
+        _fail(exc)
+
+    async def _list(rt):
+        return list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}
+
+    issuers, current = run_async(cfg, _list)
+    if not issuers:
+        click.echo("no CA yet: run `shomei ceremony`")
+    for i in issuers:
+        mark = "current" if current.get(i.ca_id) is i else "previous"
+        click.echo(f"{i.ca_id:8} g{i.generation} {mark:8} key id {i.key_id.hex()}  not after "
+                   f"{i.not_after:%Y-%m-%d}\n  SHA-256 {_colon_hex(i.fingerprint_sha256)}\n"
+                   f"  {i.name.human_friendly}")
+
+
+@ca.command("rollover")
+@click.option("--ca", "ca_id", type=click.Choice(["signing", "auth"]), required=True)
+def ca_rollover(ca_id: str) -> None:
+    """Make a new key generation of a CA current (same name, new key)."""
+    from shomei.operations import rollover
+
+    try:
+        cfg = _config()
+    except ShomeiError as exc:
+        _fail(exc)
+    click.echo(run_async(cfg, lambda rt: rollover(rt, ca_id)))
+
+
+# -- clients -------------------------------------------------------------------------------------
+
+@main.group()
+def client() -> None:
+    """API clients: municipal terminals, the resident-register feed, OCSP verifiers."""
+
+
+@client.command("add")
+@click.option("--kind", type=click.Choice(["terminal", "feed", "verifier"]), required=True)
+@click.option("--name", required=True)
+@click.option("--municipality", "municipality_code", help="Municipality code of a terminal.")
+def client_add(kind: str, name: str, municipality_code: str | None) -> None:
+    """Register a client and print its bearer credential (shown once; only its hash is stored)."""
+    from ca_core.municipality import validate_code
+    from storage import clients as client_store
+
+    try:
+        if kind == "terminal":
+            if not municipality_code:
+                raise click.UsageError("a terminal needs --municipality")
+            validate_code(municipality_code)
+        cfg = _config()
+    except ShomeiError as exc:
+        _fail(exc)
+
+    async def _add(rt):
+        async with rt.pool.acquire() as conn:
+            if await client_store.find_by_name(conn, name):
+                raise click.ClickException(f"a client named {name!r} exists")
+            _c, token = await client_store.register(conn, kind=kind, name=name, municipality_code=municipality_code)
+        return token
+
+    click.echo(run_async(cfg, _add))
+
+
+@main.group()
+def municipality() -> None:
+    """Municipality names (romaji) used in signing certificate subjects."""
+
+
+@municipality.command("add")
+@click.argument("code")
+@click.argument("name_romaji")
+def municipality_add(code: str, name_romaji: str) -> None:
+    """Register or rename a municipality: CODE (6 digits with check digit) and its romaji name."""
+    from ca_core.municipality import validate_code
+
+    try:
+        validate_code(code)
+        cfg = _config()
+    except ShomeiError as exc:
+        _fail(exc)
+
+    async def _add(rt):
+        async with rt.pool.acquire() as conn:
+            await conn.execute("INSERT INTO municipality (code, name_romaji) VALUES ($1, $2) ON CONFLICT (code)"
+                               " DO UPDATE SET name_romaji = EXCLUDED.name_romaji", code, name_romaji)
+        return f"municipality {code} = {name_romaji}"
+
+    click.echo(run_async(cfg, _add))
+
+
+# -- serving -------------------------------------------------------------------------------------
+
+async def _bootstrap(cfg) -> None:
+    """Once per `serve`, before the workers: migrations, the ceremony, the demo clients (embedded)."""
+    from shomei.operations import ensure_demo_client, run_ceremony
+    from shomei.runtime import check_keys, open_runtime
+
+    rt = await open_runtime(cfg)
+    try:
+        for line in await run_ceremony(rt):
+            log.info("ceremony: %s", line)
+        await check_keys(rt)
+        if cfg.embedded or os.environ.get("SHOMEI_DEMO_CLIENTS"):
+            var = Path(cfg.var_dir)
+            await ensure_demo_client(rt, kind="terminal", name="demo-terminal", municipality_code="131016",
+                                     token_file=var / "demo-terminal.token")
+            await ensure_demo_client(rt, kind="feed", name="demo-feed", token_file=var / "demo-feed.token")
+    finally:
+        await rt.close()
+
+
+async def serve_worker(cfg, index: int) -> None:
+    """One worker process: its own database pool and token session, sharing the port (SO_REUSEPORT)."""
+    from aiohttp import web
+
+    from shomei.app import make_app
+    from shomei.runtime import open_runtime
+
+    rt = await open_runtime(cfg, migrate=False)
+    rt.extras["worker_index"] = index
+    app = make_app(rt)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_port=True, backlog=2048)
+    await site.start()
+    log.info("worker %d serving on http://%s:%d", index, cfg.server.host, cfg.server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await rt.close()
+
+
+def _worker_main(cfg, index: int) -> None:
+    _setup_logging()
+    try:
+        asyncio.run(serve_worker(cfg, index))
+    except ShomeiError as exc:
+        log.error("worker %d cannot start: %s", index, exc.message)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--workers", type=int, default=None, help="Worker processes (each with its own token session).")
+def serve(workers: int | None) -> None:
+    """Serve the HTTP API. Without DATABASE_URL, runs the embedded PostgreSQL and SoftHSM under var/."""
+    try:
+        cfg = _config()
+        if workers is not None:
+            import dataclasses
+            cfg = cfg.replace(server=dataclasses.replace(cfg.server, workers=workers))
+        asyncio.run(_bootstrap(cfg))
+    except ShomeiError as exc:
+        _fail(exc)
+    n = cfg.server.workers
+    if cfg.embedded or config_mod.load().embedded:
+        click.echo(f"shomei: serving on http://{cfg.server.host}:{cfg.server.port} with {n} worker(s); "
+                   f"demo terminal credential in {Path(cfg.var_dir) / 'demo-terminal.token'}", err=True)
+    try:
+        if n == 1:
+            _worker_main(cfg, 0)
+        else:
+            _serve_processes(cfg, n)
+    finally:
+        if config_mod.load().embedded:
+            from shomei.runtime import stop_embedded
+            stop_embedded(cfg)
+
+
+def _serve_processes(cfg, n: int) -> None:
+    import tempfile
+
+    metrics_dir = tempfile.mkdtemp(prefix="shomei-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(cfg, i), name=f"shomei-worker-{i}") for i in range(n)]
+    for p in procs:
+        p.start()
+
+    def _stop(*_):
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for p in procs:
+        p.join()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""PostgreSQL adapter (asyncpg). Narrow read and write functions that return domain dataclasses."""

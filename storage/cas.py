@@ -1,0 +1,67 @@
+"""CA generations and OCSP responder certificates."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ca_core.algorithms import algorithm_for
+from ca_core.ca import Issuer
+
+_COLS = "id, ca_id, generation, key_label, key_type, certificate, is_current"
+
+
+@dataclass(frozen=True)
+class IssuerRecord:
+    issuer: Issuer
+    is_current: bool
+
+
+def _issuer(row) -> IssuerRecord:
+    return IssuerRecord(Issuer(db_id=row["id"], ca_id=row["ca_id"], generation=row["generation"],
+                               key_label=row["key_label"], algorithm=algorithm_for(row["key_type"]),
+                               certificate_der=bytes(row["certificate"])), row["is_current"])
+
+
+async def list_generations(conn) -> list[IssuerRecord]:
+    rows = await conn.fetch(f"SELECT {_COLS} FROM ca_generation ORDER BY ca_id, generation")
+    return [_issuer(r) for r in rows]
+
+
+async def insert_generation(conn, *, ca_id: str, generation: int, key_label: str, key_type: str,
+                            key_id: bytes, certificate: bytes, fingerprint: str, not_before: dt.datetime,
+                            not_after: dt.datetime, make_current: bool) -> int:
+    if make_current:
+        await conn.execute("UPDATE ca_generation SET is_current = false WHERE ca_id = $1 AND is_current", ca_id)
+    return await conn.fetchval(
+        "INSERT INTO ca_generation (ca_id, generation, key_label, key_type, key_id, certificate,"
+        " fingerprint_sha256, not_before, not_after, is_current) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+        " RETURNING id",
+        ca_id, generation, key_label, key_type, key_id, certificate, fingerprint, not_before, not_after,
+        make_current)
+
+
+@dataclass(frozen=True)
+class ResponderRecord:
+    id: int
+    ca_generation_id: int
+    key_label: str
+    certificate: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+async def latest_responders(conn) -> dict[int, ResponderRecord]:
+    """The newest responder certificate of each CA generation."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (ca_generation_id) id, ca_generation_id, key_label, certificate, not_before,"
+        " not_after FROM ocsp_responder ORDER BY ca_generation_id, not_after DESC, id DESC")
+    return {r["ca_generation_id"]: ResponderRecord(r["id"], r["ca_generation_id"], r["key_label"],
+                                                   bytes(r["certificate"]), r["not_before"], r["not_after"])
+            for r in rows}
+
+
+async def insert_responder(conn, *, ca_generation_id: int, key_label: str, certificate: bytes,
+                           not_before: dt.datetime, not_after: dt.datetime) -> int:
+    return await conn.fetchval(
+        "INSERT INTO ocsp_responder (ca_generation_id, key_label, certificate, not_before, not_after)"
+        " VALUES ($1,$2,$3,$4,$5) RETURNING id", ca_generation_id, key_label, certificate, not_before, not_after)

@@ -1,0 +1,60 @@
+"""Certificates: allocation of ids (CRL partitions), inserts and look-ups."""
+from __future__ import annotations
+
+import datetime as dt
+
+from ca_core.records import CertificateRecord
+from ca_core.serials import serial_bytes
+
+_COLS = ("id, ca_generation_id, serial, kind, resident_hash, municipality_code, partition, not_before,"
+         " not_after, status, der")
+
+
+def _record(row) -> CertificateRecord:
+    return CertificateRecord(
+        id=row["id"], ca_generation_id=row["ca_generation_id"], serial=int.from_bytes(row["serial"], "big"),
+        kind=row["kind"], resident_hash=bytes(row["resident_hash"]), municipality_code=row["municipality_code"],
+        partition=row["partition"], not_before=row["not_before"], not_after=row["not_after"],
+        status=row["status"], der=bytes(row["der"]))
+
+
+async def allocate_ids(conn, count: int) -> list[int]:
+    """Certificate ids, taken before signing: an id decides the CRL partition (id // partition_size)."""
+    rows = await conn.fetch("SELECT nextval('certificate_id_seq') AS id FROM generate_series(1, $1)", count)
+    return [r["id"] for r in rows]
+
+
+async def insert(conn, *, id: int, ca_generation_id: int, serial: int, kind: str, resident_hash: bytes,
+                 municipality_code: str, partition: int, not_before: dt.datetime, not_after: dt.datetime,
+                 der: bytes, issuance_id: int | None) -> None:
+    await conn.execute(
+        "INSERT INTO certificate (id, ca_generation_id, serial, kind, resident_hash, municipality_code,"
+        " partition, not_before, not_after, der, issuance_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        id, ca_generation_id, serial_bytes(serial), kind, resident_hash, municipality_code, partition,
+        not_before, not_after, der, issuance_id)
+
+
+async def by_serial(conn, serial: int, *, for_update: bool = False) -> CertificateRecord | None:
+    row = await conn.fetchrow(f"SELECT {_COLS} FROM certificate WHERE serial = $1"
+                              + (" FOR UPDATE" if for_update else ""), serial_bytes(serial))
+    return _record(row) if row else None
+
+
+async def live_of_resident(conn, resident_hash: bytes, kinds=("signing", "auth"), *,
+                           for_update: bool = False) -> list[CertificateRecord]:
+    """The resident's certificates that are not revoked (valid or held), of the given kinds."""
+    rows = await conn.fetch(
+        f"SELECT {_COLS} FROM certificate WHERE resident_hash = $1 AND kind = ANY($2::text[])"
+        " AND status <> 'revoked' ORDER BY id" + (" FOR UPDATE" if for_update else ""),
+        resident_hash, list(kinds))
+    return [_record(r) for r in rows]
+
+
+async def of_issuance(conn, issuance_id: int) -> list[CertificateRecord]:
+    rows = await conn.fetch(f"SELECT {_COLS} FROM certificate WHERE issuance_id = $1 ORDER BY kind DESC",
+                            issuance_id)
+    return [_record(r) for r in rows]
+
+
+async def set_status(conn, certificate_id: int, status: str) -> None:
+    await conn.execute("UPDATE certificate SET status = $2 WHERE id = $1", certificate_id, status)

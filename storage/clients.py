@@ -1,0 +1,46 @@
+"""API clients (terminals, feed, verifiers), known by a hash of their bearer credential."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Client:
+    id: int
+    kind: str  # terminal | feed | verifier
+    name: str
+    municipality_code: str | None
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+async def find_by_token(conn, token: str) -> Client | None:
+    row = await conn.fetchrow(
+        "SELECT id, kind, name, municipality_code FROM client WHERE token_hash = $1 AND disabled_at IS NULL",
+        token_hash(token))
+    return Client(row["id"], row["kind"], row["name"], row["municipality_code"]) if row else None
+
+
+async def find_by_name(conn, name: str) -> Client | None:
+    row = await conn.fetchrow("SELECT id, kind, name, municipality_code FROM client WHERE name = $1", name)
+    return Client(row["id"], row["kind"], row["name"], row["municipality_code"]) if row else None
+
+
+async def register(conn, *, kind: str, name: str, municipality_code: str | None = None) -> tuple[Client, str]:
+    """Register a client; returns it with its new bearer credential (shown once, stored only hashed)."""
+    token = f"shm_{kind[0]}_{secrets.token_urlsafe(32)}"
+    row = await conn.fetchrow(
+        "INSERT INTO client (kind, name, token_hash, municipality_code) VALUES ($1,$2,$3,$4)"
+        " RETURNING id", kind, name, token_hash(token), municipality_code)
+    return Client(row["id"], kind, name, municipality_code), token
+
+
+async def rotate_token(conn, client_id: int) -> str:
+    """Issue a new credential for a client; the old one stops working."""
+    token = f"shm_r_{secrets.token_urlsafe(32)}"
+    await conn.execute("UPDATE client SET token_hash = $2 WHERE id = $1", client_id, token_hash(token))
+    return token

@@ -1,0 +1,42 @@
+"""Connection pool and schema migrations."""
+from __future__ import annotations
+
+import json
+import logging
+
+import asyncpg
+
+from ca_core.errors import ConfigError, Unavailable
+from schemas import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
+    """Open a pool; raises Unavailable with a readable message when the database cannot be reached."""
+    try:
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                         command_timeout=60)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from None
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending migrations (yoyo, one transaction each, under yoyo's lock); returns their ids."""
+    from yoyo import get_backend, read_migrations
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("DATABASE_URL must start with postgresql://")
+    backend = get_backend("postgresql+psycopg://" + url.split("://", 1)[1])
+    migrations = read_migrations(str(MIGRATIONS))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    applied = [m.id for m in pending]
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    return applied
