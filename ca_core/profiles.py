@@ -91,7 +91,7 @@ def end_entity_subject(kind: str, prefecture: str | None, municipality: str | No
 
 def _other_name(oid: str, value: str) -> x509.GeneralName:
     return x509.GeneralName(name="other_name", value=x509.AnotherName({
-        "type_id": oid, "value": core.UTF8String(value)}))
+        "type_id": oid, "value": core.UTF8String(value, explicit=0)}))
 
 
 def basic4_alt_names(info: BasicFour) -> x509.GeneralNames:

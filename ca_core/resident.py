@@ -31,9 +31,16 @@ _JIS_X_0208 = (b"\x1b$B", b"\x1b$@")
 _JIS_X_0212 = b"\x1b$(D"
 
 
+# JIS X 0208 row-1 characters that Windows input methods produce under other code points (the
+# Microsoft mapping of the same JIS code): accepted as the same characters.
+_VENDOR_VARIANTS = frozenset("\uff0d\uff5e\u2225\uffe0\uffe1\uffe2")
+
+
 @lru_cache(maxsize=65536)
 def in_repertoire(ch: str) -> bool:
     """True when ``ch`` is a character of JIS X 0208 or JIS X 0212 (ISO-2022-JP-1 escapes tell which set)."""
+    if ch in _VENDOR_VARIANTS:
+        return True
     try:
         encoded = ch.encode("iso2022_jp_1")
     except UnicodeEncodeError:

@@ -186,7 +186,7 @@ def municipality_add(code: str, name_romaji: str) -> None:
 
 # -- serving -------------------------------------------------------------------------------------
 
-async def _bootstrap(cfg) -> None:
+async def _bootstrap(cfg, embedded: bool) -> None:
     """Once per `serve`, before the workers: migrations, the ceremony, the demo clients (embedded)."""
     from shomei.operations import ensure_demo_client, run_ceremony
     from shomei.runtime import check_keys, open_runtime
@@ -196,7 +196,7 @@ async def _bootstrap(cfg) -> None:
         for line in await run_ceremony(rt):
             log.info("ceremony: %s", line)
         await check_keys(rt)
-        if cfg.embedded or os.environ.get("SHOMEI_DEMO_CLIENTS"):
+        if embedded or os.environ.get("SHOMEI_DEMO_CLIENTS"):
             var = Path(cfg.var_dir)
             await ensure_demo_client(rt, kind="terminal", name="demo-terminal", municipality_code="131016",
                                      token_file=var / "demo-terminal.token")
@@ -243,15 +243,16 @@ def _worker_main(cfg, index: int) -> None:
 def serve(workers: int | None) -> None:
     """Serve the HTTP API. Without DATABASE_URL, runs the embedded PostgreSQL and SoftHSM under var/."""
     try:
+        embedded = config_mod.load().embedded
         cfg = _config()
         if workers is not None:
             import dataclasses
             cfg = cfg.replace(server=dataclasses.replace(cfg.server, workers=workers))
-        asyncio.run(_bootstrap(cfg))
+        asyncio.run(_bootstrap(cfg, embedded))
     except ShomeiError as exc:
         _fail(exc)
     n = cfg.server.workers
-    if cfg.embedded or config_mod.load().embedded:
+    if embedded:
         click.echo(f"shomei: serving on http://{cfg.server.host}:{cfg.server.port} with {n} worker(s); "
                    f"demo terminal credential in {Path(cfg.var_dir) / 'demo-terminal.token'}", err=True)
     try:
@@ -260,7 +261,7 @@ def serve(workers: int | None) -> None:
         else:
             _serve_processes(cfg, n)
     finally:
-        if config_mod.load().embedded:
+        if embedded:
             from shomei.runtime import stop_embedded
             stop_embedded(cfg)
 
