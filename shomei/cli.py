@@ -287,5 +287,16 @@ def _serve_processes(cfg, n: int) -> None:
         p.join()
 
 
+def _register_components() -> None:
+    import crl_publisher.cli
+    import ocsp_responder.cli
+    import revocation.cli
+
+    for component in (revocation.cli, crl_publisher.cli, ocsp_responder.cli):
+        component.register(main)
+
+
+_register_components()
+
 if __name__ == "__main__":
     main()

@@ -67,3 +67,27 @@ async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt
     await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = $1", cert.id)
     await notify_status(conn, cert.serial)
     return rid
+
+
+async def place_hold(conn, cert: CertificateRecord, *, at: dt.datetime, source: str = "hold",
+                     source_ref: str | None = None) -> int:
+    """Place certificateHold on ``cert`` (caller holds the row lock; the certificate must be valid)."""
+    from ca_core.revocation import Reason, encode_entry
+
+    entry = encode_entry(cert.serial, at, Reason.certificate_hold)
+    rid = await insert(conn, cert, reason=int(Reason.certificate_hold), revoked_at=at, effective_at=at,
+                       invalidity_date=None, source=source, source_ref=source_ref, entry_der=entry)
+    await conn.execute("UPDATE certificate SET status = 'held' WHERE id = $1", cert.id)
+    await notify_status(conn, cert.serial)
+    return rid
+
+
+async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int:
+    """End the hold on ``cert``: the entry leaves the CRL (removeFromCRL in the next delta)."""
+    active = await active_for(conn, cert.id)
+    if active is None or active.reason != 6:
+        raise ValueError("certificate is not on hold")
+    await release(conn, active.id, at=at, kind="hold_released")
+    await conn.execute("UPDATE certificate SET status = 'valid' WHERE id = $1", cert.id)
+    await notify_status(conn, cert.serial)
+    return active.id
