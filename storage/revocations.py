@@ -31,9 +31,16 @@ async def insert(conn, cert: CertificateRecord, *, reason: int, revoked_at: dt.d
 
 
 async def active_for(conn, certificate_id: int) -> RevocationRecord | None:
-    """The revocation or hold currently in force (or accepted) for a certificate."""
-    row = await conn.fetchrow(f"SELECT {_COLS} FROM revocation WHERE certificate_id = $1 AND released_at IS NULL",
-                              certificate_id)
+    """The revocation or hold currently in force (effective, not released) for a certificate."""
+    row = await conn.fetchrow(f"SELECT {_COLS} FROM revocation WHERE certificate_id = $1 AND released_at IS NULL"
+                              " AND effective_at IS NOT NULL", certificate_id)
+    return _record(row) if row else None
+
+
+async def pending_for(conn, certificate_id: int) -> RevocationRecord | None:
+    """The online revocation accepted for a certificate and not yet effective (next CRL issuance)."""
+    row = await conn.fetchrow(f"SELECT {_COLS} FROM revocation WHERE certificate_id = $1 AND released_at IS NULL"
+                              " AND effective_at IS NULL", certificate_id)
     return _record(row) if row else None
 
 
@@ -58,9 +65,16 @@ async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt
     and listeners are notified on commit. Returns the revocation id."""
     from ca_core.revocation import Reason, encode_entry
 
+    if effective_at is None:
+        return await accept_pending(conn, cert, reason=reason, at=at, source=source, source_ref=source_ref,
+                                    invalidity_date=invalidity_date)
     active = await active_for(conn, cert.id)
     if active is not None:
         await release(conn, active.id, at=at, kind="hold_revoked")
+    pending = await pending_for(conn, cert.id)
+    if pending is not None:
+        # An accepted online revocation that never took effect is made moot by this one.
+        await release(conn, pending.id, at=at, kind="pending_replaced")
     entry = encode_entry(cert.serial, at, Reason(reason), invalidity_date)
     rid = await insert(conn, cert, reason=reason, revoked_at=at, effective_at=effective_at,
                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry)
@@ -91,3 +105,47 @@ async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int
     await conn.execute("UPDATE certificate SET status = 'valid' WHERE id = $1", cert.id)
     await notify_status(conn, cert.serial)
     return active.id
+
+
+async def accept_pending(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime, source: str,
+                         source_ref: str | None, invalidity_date: dt.datetime | None = None) -> int:
+    """Record an accepted online revocation (effective_at NULL; caller holds the row lock): the CRL entry
+    is encoded now, with revocationDate ``at``; the certificate keeps its status (and any hold) until
+    activate_pending() runs at the next CRL issuance."""
+    from ca_core.revocation import Reason, encode_entry
+
+    entry = encode_entry(cert.serial, at, Reason(reason), invalidity_date)
+    return await insert(conn, cert, reason=reason, revoked_at=at, effective_at=None,
+                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry)
+
+
+async def activate_pending(conn, at: dt.datetime) -> int:
+    """Make every accepted online revocation effective at ``at`` (called by the CRL publisher at the start
+    of each CRL issuance, inside its transaction): sets effective_at, ends a hold in force as
+    'hold_revoked', marks the certificates revoked, writes audit records and notifies listeners on
+    commit. Set-based; returns the number of revocations made effective."""
+    # Lock the certificate rows first, in id order, like every other status change (no deadlocks).
+    locked = await conn.fetch(
+        "SELECT c.id FROM certificate c JOIN revocation r ON r.certificate_id = c.id"
+        " WHERE r.effective_at IS NULL AND r.released_at IS NULL ORDER BY c.id FOR UPDATE OF c")
+    if not locked:
+        return 0
+    ids = [r["id"] for r in locked]
+    await conn.execute(
+        "UPDATE revocation SET released_at = $2, release_kind = 'hold_revoked'"
+        " WHERE certificate_id = ANY($1::bigint[]) AND released_at IS NULL AND effective_at IS NOT NULL"
+        " AND reason = 6 AND EXISTS (SELECT 1 FROM revocation p WHERE p.certificate_id = revocation.certificate_id"
+        " AND p.effective_at IS NULL AND p.released_at IS NULL)", ids, at)
+    rows = await conn.fetch(
+        "UPDATE revocation SET effective_at = $2 WHERE certificate_id = ANY($1::bigint[])"
+        " AND effective_at IS NULL AND released_at IS NULL RETURNING certificate_id, serial, source_ref", ids, at)
+    if not rows:
+        return 0
+    done = [r["certificate_id"] for r in rows]
+    await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = ANY($1::bigint[])", done)
+    await conn.executemany(
+        "INSERT INTO audit_log (action, serial, request_id, details) VALUES ('online_revocation_effective', $1, $2, $3)",
+        [(r["serial"], r["source_ref"], {"effective_at": at.isoformat()}) for r in rows])
+    await conn.executemany("SELECT pg_notify($1, $2)",
+                           [(STATUS_CHANNEL, format(int.from_bytes(r["serial"], "big"), "x")) for r in rows])
+    return len(rows)
