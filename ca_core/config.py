@@ -170,7 +170,7 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
     """Load configuration: defaults, then the TOML file (SHOMEI_CONFIG), then environment overrides.
 
     Environment: DATABASE_URL, SHOMEI_PKCS11_MODULE, SHOMEI_PKCS11_TOKEN, SHOMEI_PKCS11_PIN_FILE,
-    SHOMEI_LISTEN (host:port), SHOMEI_PUBLIC_URL, SHOMEI_VAR_DIR, SHOMEI_WORKERS.
+    SHOMEI_LISTEN (host:port), SHOMEI_PUBLIC_URL, SHOMEI_VAR_DIR, SHOMEI_WORKERS, SHOMEI_RESIDENT_KEY_FILE.
     """
     env = os.environ if env is None else env
     data: dict = {}
@@ -203,4 +203,6 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
         server = dataclasses.replace(server, public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
     if "SHOMEI_WORKERS" in env:
         server = dataclasses.replace(server, workers=int(env["SHOMEI_WORKERS"]))
+    if "SHOMEI_RESIDENT_KEY_FILE" in env:
+        cfg = cfg.replace(security=dataclasses.replace(cfg.security, resident_hash_key_file=env["SHOMEI_RESIDENT_KEY_FILE"]))
     return validate(cfg.replace(hsm=hsm, server=server))
