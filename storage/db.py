@@ -31,7 +31,12 @@ def migrate(url: str) -> list[str]:
 
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("DATABASE_URL must start with postgresql://")
-    backend = get_backend("postgresql+psycopg://" + url.split("://", 1)[1])
+    import psycopg
+
+    try:
+        backend = get_backend("postgresql+psycopg://" + url.split("://", 1)[1])
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}") from None
     migrations = read_migrations(str(MIGRATIONS))
     with backend.lock():
         pending = backend.to_apply(migrations)

@@ -121,3 +121,19 @@ def ca_pem(rt, stack_dir):
         path.write_bytes(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM))
         out[ca] = str(path)
     return out
+
+
+@pytest.fixture(scope="session")
+def stack_env(cfg, token):
+    """Environment for running `shomei` subprocesses against the test stack."""
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": cfg.database_url,
+        "SHOMEI_PKCS11_MODULE": cfg.hsm.module,
+        "SHOMEI_PKCS11_TOKEN": cfg.hsm.token_label,
+        "SHOMEI_PKCS11_PIN_FILE": cfg.hsm.pin_file,
+        "SHOMEI_RESIDENT_KEY_FILE": cfg.security.resident_hash_key_file,
+        "SOFTHSM2_CONF": token.conf,
+        "SHOMEI_VAR_DIR": cfg.var_dir,
+    })
+    return env
