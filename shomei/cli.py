@@ -242,6 +242,12 @@ def _worker_main(cfg, index: int) -> None:
 @click.option("--workers", type=int, default=None, help="Worker processes (each with its own token session).")
 def serve(workers: int | None) -> None:
     """Serve the HTTP API. Without DATABASE_URL, runs the embedded PostgreSQL and SoftHSM under var/."""
+    def _terminate(*_):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)  # so that start-up interrupted by SIGTERM still cleans up
+    embedded = False
+    cfg = None
     try:
         embedded = config_mod.load().embedded
         cfg = _config()
@@ -249,19 +255,20 @@ def serve(workers: int | None) -> None:
             import dataclasses
             cfg = cfg.replace(server=dataclasses.replace(cfg.server, workers=workers))
         asyncio.run(_bootstrap(cfg, embedded))
-    except ShomeiError as exc:
-        _fail(exc)
-    n = cfg.server.workers
-    if embedded:
-        click.echo(f"shomei: serving on http://{cfg.server.host}:{cfg.server.port} with {n} worker(s); "
-                   f"demo terminal credential in {Path(cfg.var_dir) / 'demo-terminal.token'}", err=True)
-    try:
+        n = cfg.server.workers
+        if embedded:
+            click.echo(f"shomei: serving on http://{cfg.server.host}:{cfg.server.port} with {n} worker(s); "
+                       f"demo terminal credential in {Path(cfg.var_dir) / 'demo-terminal.token'}", err=True)
         if n == 1:
             _worker_main(cfg, 0)
         else:
             _serve_processes(cfg, n)
+    except ShomeiError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
     finally:
-        if embedded:
+        if embedded and cfg is not None:
             from shomei.runtime import stop_embedded
             stop_embedded(cfg)
 
