@@ -88,6 +88,20 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class CRLConfig:
+    """The CRL publisher (crl_publisher/): complete (full and partition) CRLs and deltas."""
+
+    output_dir: str | None = None  # published files; default {var_dir}/crl (share it between web hosts)
+    full_interval_minutes: int = 24 * 60  # complete CRLs (full and partitions) are issued this often
+    full_validity_minutes: int = 48 * 60  # nextUpdate - thisUpdate of complete CRLs
+    delta_interval_minutes: int = 15
+    delta_validity_minutes: int = 30
+    schedule: bool = True  # `shomei serve` publishes on this schedule (worker 0 of each host)
+    tick_seconds: int = 30  # how often the scheduler looks for due work
+    page_rows: int = 50_000  # entries per round trip when streaming from PostgreSQL
+
+
+@dataclass(frozen=True)
 class Config:
     database_url: str | None = None
     var_dir: str = "var"
@@ -95,6 +109,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     issuance: IssuanceConfig = field(default_factory=IssuanceConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    crl: CRLConfig = field(default_factory=CRLConfig)
     ca: CAs = field(default_factory=CAs)
 
     @property
@@ -161,6 +176,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("issuance.partition_size must be 1..130000 (a partition CRL stays under 10 MB)")
     if not all(bits in (2048, 3072, 4096) for bits in cfg.issuance.rsa_key_sizes):
         raise ConfigError("issuance.rsa_key_sizes: only 2048, 3072, 4096")
+    c = cfg.crl
+    if min(c.full_interval_minutes, c.delta_interval_minutes, c.tick_seconds, c.page_rows) < 1:
+        raise ConfigError("crl.*_interval_minutes, crl.tick_seconds and crl.page_rows must be at least 1")
+    if c.full_validity_minutes <= c.full_interval_minutes or c.delta_validity_minutes <= c.delta_interval_minutes:
+        raise ConfigError("crl.*_validity_minutes must exceed the matching interval (no gap between issues)")
     if cfg.server.workers < 1:
         raise ConfigError("server.workers must be >= 1")
     return cfg
