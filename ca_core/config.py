@@ -88,6 +88,38 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class OCSPConfig:
+    """The OCSP responder (ocsp_responder/). JPKI refreshes its answers every 15 minutes; ours state
+    the status of the moment they are signed and live at most ``validity_seconds``."""
+
+    access: str = "open"  # open | verifier (registered verifiers with a bearer credential)
+    validity_seconds: int = 900  # nextUpdate - thisUpdate
+    refresh_seconds: int = 300  # a cached answer older than this is signed anew on the next request
+    max_certs_per_request: int = 10
+    max_request_bytes: int = 4096  # POST body; a GET path is bounded to the base64 of this
+    max_pending_signatures: int = 256  # per process; beyond it answers are tryLater
+    cache_entries: int = 50_000  # signed answers kept in each process's memory
+    usage_flush_seconds: int = 5  # per-verifier answer counts are written to the database this often
+    verifier_metric_labels: int = 50  # verifiers named in /metrics per process; the rest count as "other"
+    renew_check_seconds: int = 3600  # how often each process renews responder certificates near expiry
+    reload_seconds: int = 60  # how often each process picks up new responder certificates and CA keys
+
+
+@dataclass(frozen=True)
+class RevocationConfig:
+    """Window revocations, the resident-register feed and the online window."""
+
+    feed_max_body_bytes: int = 64 * 1024 * 1024  # a batch of 100,000 events is about 15 MB of JSON
+    feed_max_events: int = 200_000
+    feed_chunk_events: int = 25_000  # events applied per transaction
+    online_max_body_bytes: int = 16384  # an application (certificate + signature + JSON) is about 3 KB
+    online_max_in_flight: int = 32  # online requests handled at once by a process; more answer busy
+    online_retry_after: int = 5  # seconds, Retry-After of a busy answer
+    online_max_skew_seconds: int = 600  # issued_at further than this from now is stale
+    nonce_retention_days: int = 7
+
+
+@dataclass(frozen=True)
 class CRLConfig:
     """The CRL publisher (crl_publisher/): complete (full and partition) CRLs and deltas."""
 
@@ -110,7 +142,9 @@ class Config:
     issuance: IssuanceConfig = field(default_factory=IssuanceConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     crl: CRLConfig = field(default_factory=CRLConfig)
+    revocation: RevocationConfig = field(default_factory=RevocationConfig)
     ca: CAs = field(default_factory=CAs)
+    ocsp: OCSPConfig = field(default_factory=OCSPConfig)
 
     @property
     def embedded(self) -> bool:
@@ -176,6 +210,17 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("issuance.partition_size must be 1..130000 (a partition CRL stays under 10 MB)")
     if not all(bits in (2048, 3072, 4096) for bits in cfg.issuance.rsa_key_sizes):
         raise ConfigError("issuance.rsa_key_sizes: only 2048, 3072, 4096")
+    ocsp = cfg.ocsp
+    if ocsp.access not in ("open", "verifier"):
+        raise ConfigError("ocsp.access must be 'open' or 'verifier'")
+    if not 0 < ocsp.refresh_seconds < ocsp.validity_seconds:
+        raise ConfigError("ocsp.refresh_seconds must be positive and less than ocsp.validity_seconds")
+    if not 1 <= ocsp.max_certs_per_request <= 100 or ocsp.max_request_bytes < 256:
+        raise ConfigError("ocsp.max_certs_per_request must be 1..100 and ocsp.max_request_bytes >= 256")
+    rv = cfg.revocation
+    if min(rv.feed_max_body_bytes, rv.feed_max_events, rv.feed_chunk_events, rv.online_max_body_bytes,
+           rv.online_max_in_flight, rv.online_retry_after, rv.online_max_skew_seconds) < 1:
+        raise ConfigError("revocation.*: every limit must be at least 1")
     c = cfg.crl
     if min(c.full_interval_minutes, c.delta_interval_minutes, c.tick_seconds, c.page_rows) < 1:
         raise ConfigError("crl.*_interval_minutes, crl.tick_seconds and crl.page_rows must be at least 1")
@@ -221,6 +266,9 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
         server = dataclasses.replace(server, host=host, port=int(port))
     if "SHOMEI_PUBLIC_URL" in env:
         server = dataclasses.replace(server, public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
+    if "SHOMEI_RESIDENT_KEY_FILE" in env:
+        cfg = cfg.replace(security=dataclasses.replace(cfg.security,
+                                                       resident_hash_key_file=env["SHOMEI_RESIDENT_KEY_FILE"]))
     if "SHOMEI_WORKERS" in env:
         server = dataclasses.replace(server, workers=int(env["SHOMEI_WORKERS"]))
     if "SHOMEI_RESIDENT_KEY_FILE" in env:

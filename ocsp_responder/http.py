@@ -1,5 +1,158 @@
-"""HTTP routes of this component (none yet)."""
+"""OCSP over HTTP (RFC 6960 appendix A, RFC 5019 section 5): POST /ocsp and GET /ocsp/{base64}.
+
+Every answer is an application/ocsp-response with HTTP 200, the OCSP error statuses included
+(malformedRequest for undecodable input, a wrong Content-Type or an oversize body; unauthorized for an
+issuer we do not serve and, in `verifier` access mode, for a missing or unknown credential; tryLater
+under overload): an OCSP client reads the status from the body, and nothing is ever a 500.
+
+A GET for an answer in process memory is a dict look-up and a write.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+
+from ca_core.ocsp import ResponseStatus
+from shomei.http import RT
+
+from .service import ERROR_BODIES, Answer, Responder
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("ocsp_responder", Responder)
+DENIED = object()
+
+_NO_STORE = {"Content-Type": "application/ocsp-response", "Cache-Control": "no-cache, no-store"}
+_B64 = bytes.maketrans(b"-_", b"+/")
 
 
-def setup(app, rt) -> None:
-    return None
+def _error_response(status: ResponseStatus) -> web.Response:
+    headers = dict(_NO_STORE)
+    if status == ResponseStatus.try_later:
+        headers["Retry-After"] = "1"
+    return web.Response(body=ERROR_BODIES[status], headers=headers)
+
+
+async def _verifier(request: web.Request, svc: Responder):
+    """In `verifier` mode, the registered verifier calling; DENIED without a valid verifier credential."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return DENIED
+    try:
+        client = await request.app[RT].clients.lookup(token)
+    except Exception as exc:  # database down: cannot check the credential now
+        log.warning("verifier look-up failed: %s", type(exc).__name__)
+        return None
+    if client is None or client.kind != "verifier":
+        return DENIED
+    return client
+
+
+def _reply(request: web.Request, svc: Responder, answer: Answer, source: str, verifier, now: float) -> web.Response:
+    svc.count(answer.status, source if answer.successful else "error", verifier, answer.successful)
+    entry = answer.entry
+    if entry is None:
+        if answer.status == "try_later":
+            return _error_response(ResponseStatus.try_later)
+        return web.Response(body=answer.body, headers=_NO_STORE)
+    if request.headers.get("If-None-Match") == entry.etag:
+        return web.Response(status=304, headers=entry.headers(now))
+    return web.Response(body=entry.body, headers=entry.headers(now))
+
+
+async def _access(request: web.Request, svc: Responder):
+    """(verifier or None, early response or None)."""
+    if not svc.verifier_mode:
+        return None, None
+    verifier = await _verifier(request, svc)
+    if verifier is DENIED:
+        svc.count("unauthorized", "error", None, False)
+        return None, _error_response(ResponseStatus.unauthorized)
+    if verifier is None:
+        svc.count("try_later", "error", None, False)
+        return None, _error_response(ResponseStatus.try_later)
+    return verifier, None
+
+
+async def get_ocsp(request: web.Request) -> web.Response:
+    """GET /ocsp/{url-encoded base64 of the DER OCSPRequest} (RFC 5019 section 5)."""
+    svc = request.app[SERVICE]
+    verifier, early = await _access(request, svc) if svc.verifier_mode else (None, None)
+    if early is not None:
+        return early
+    key = request.match_info["req"]
+    now = time.time()
+    entry = svc.cache.get(key, now)
+    if entry is not None:
+        svc.count(entry.status, "memory", verifier)
+        if request.headers.get("If-None-Match") == entry.etag:
+            return web.Response(status=304, headers=entry.headers(now))
+        return web.Response(body=entry.body, headers=entry.headers(now))
+    if len(key) > svc.max_get_chars:
+        return _reply(request, svc, svc.malformed, "error", verifier, now)
+    try:
+        text = key.strip().encode("ascii").translate(_B64)
+        raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return _reply(request, svc, svc.malformed, "error", verifier, now)
+    answer = await svc.answer(raw, key)
+    return _reply(request, svc, answer, "signed", verifier, time.time())
+
+
+async def post_ocsp(request: web.Request) -> web.Response:
+    """POST /ocsp with an application/ocsp-request body (RFC 6960 appendix A.1)."""
+    svc = request.app[SERVICE]
+    verifier, early = await _access(request, svc) if svc.verifier_mode else (None, None)
+    if early is not None:
+        return early
+    now = time.time()
+    limit = svc.cfg.max_request_bytes
+    if request.content_type != "application/ocsp-request" or (
+            request.content_length is not None and request.content_length > limit):
+        return _reply(request, svc, svc.malformed, "error", verifier, now)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return _reply(request, svc, svc.malformed, "error", verifier, now)
+    entry = svc.cache.get(body, now)
+    if entry is not None:
+        svc.count(entry.status, "memory", verifier)
+        return web.Response(body=entry.body, headers=entry.headers(now))
+    answer = await svc.answer(body, body)
+    return _reply(request, svc, answer, "signed", verifier, time.time())
+
+
+async def _background(app: web.Application):
+    svc = app[SERVICE]
+    await svc.load_responders()
+    tasks = [asyncio.create_task(coro, name=f"ocsp-{coro.__name__}")
+             for coro in (svc.listen(), svc.flusher(), svc.maintain())]
+    # Serve with the memory cache as soon as the listener is up (a few milliseconds).
+    for _ in range(100):
+        if svc.cache.enabled:
+            break
+        await asyncio.sleep(0.02)
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await svc.flush()  # nothing counted is lost on a clean shutdown
+
+
+def setup(app: web.Application, rt) -> None:
+    svc = Responder(rt)
+    rt.extras["ocsp_responder"] = svc
+    app[SERVICE] = svc
+    app.router.add_post("/ocsp", post_ocsp)
+    app.router.add_post("/ocsp/", post_ocsp)
+    app.router.add_get("/ocsp/{req:.+}", get_ocsp)
+    app.cleanup_ctx.append(_background)

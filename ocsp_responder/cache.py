@@ -1,0 +1,121 @@
+"""The in-process cache of signed answers: a dict look-up on the hot path, invalidated by serial.
+
+Keys are the raw request (the GET path text or the POST body) and the request's CertIDs; both point at
+the same Entry. An answer is stored only if no invalidation of its serials arrived while it was being
+made (``seq``), and nothing is served from memory while the status listener is disconnected
+(``enabled``): correctness over speed.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from email.utils import formatdate
+
+
+@dataclass(slots=True)
+class Entry:
+    body: bytes
+    this_update: float  # POSIX seconds
+    next_update: float
+    refresh_at: float  # after this the answer is signed anew on the next request
+    serials: tuple[int, ...]
+    etag: str
+    last_modified: str
+    expires: str
+    status: str  # good | revoked | hold | unknown (for metrics); "mixed" for several CertIDs
+
+    @classmethod
+    def make(cls, body: bytes, this_update: float, next_update: float, refresh_at: float,
+             serials: tuple[int, ...], status: str) -> "Entry":
+        return cls(body, this_update, next_update, refresh_at, serials,
+                   '"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+                   formatdate(this_update, usegmt=True), formatdate(next_update, usegmt=True), status)
+
+    def headers(self, now: float) -> dict[str, str]:
+        """RFC 5019 section 6.2 caching headers."""
+        max_age = max(0, int(self.next_update - now))
+        return {"Content-Type": "application/ocsp-response",
+                "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+                "ETag": self.etag, "Last-Modified": self.last_modified, "Expires": self.expires}
+
+
+class ResponseCache:
+    def __init__(self, max_entries: int):
+        self.max_entries = max(16, max_entries)
+        self._entries: dict[object, Entry] = {}
+        self._keys_of: dict[int, list[object]] = {}
+        self.enabled = False  # True only while the status listener is connected
+        self.seq = 0  # bumped by every invalidation
+        self._invalidated: dict[int, int] = {}  # serial -> seq of its last invalidation
+        self._floor = 0  # invalidations before this seq were forgotten (or the listener was down)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key, now: float) -> Entry | None:
+        """The entry for ``key`` if the cache may be used and the answer is not due for refresh."""
+        entry = self._entries.get(key)
+        if entry is None or not self.enabled:
+            return None
+        if now >= entry.refresh_at:
+            return None
+        return entry
+
+    def changed_since(self, serials, seq: int) -> bool:
+        if seq < self._floor or not self.enabled:
+            return True
+        inv = self._invalidated
+        return any(inv.get(s, -1) >= seq for s in serials)
+
+    def put(self, keys, entry: Entry, since: int) -> bool:
+        """Store ``entry`` under every key unless one of its serials was invalidated at or after ``since``
+        (the answer may predate the change) or the listener is down. Returns whether it was stored."""
+        if self.changed_since(entry.serials, since):
+            return False
+        if len(self._entries) >= self.max_entries:
+            self._evict(len(self._entries) - self.max_entries + max(1, self.max_entries // 10))
+        for key in keys:
+            old = self._entries.get(key)
+            self._entries[key] = entry
+            if old is None:
+                for serial in entry.serials:
+                    self._keys_of.setdefault(serial, []).append(key)
+        return True
+
+    def _evict(self, count: int) -> None:
+        # Oldest first (dicts keep insertion order).
+        victims = []
+        for key in self._entries:
+            victims.append(key)
+            if len(victims) >= count:
+                break
+        for key in victims:
+            entry = self._entries.pop(key)
+            for serial in entry.serials:
+                keys = self._keys_of.get(serial)
+                if keys is not None:
+                    try:
+                        keys.remove(key)
+                    except ValueError:
+                        pass
+                    if not keys:
+                        del self._keys_of[serial]
+
+    def invalidate(self, serial: int) -> None:
+        """Drop every answer about ``serial`` (its status changed)."""
+        self.seq += 1
+        self._invalidated[serial] = self.seq
+        if len(self._invalidated) > 100_000:
+            # Forget old invalidations; answers begun before now are then not stored (see put).
+            self._invalidated.clear()
+            self._floor = self.seq + 1
+        for key in self._keys_of.pop(serial, ()):
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything (listener lost or reconnected: notifications may have been missed)."""
+        self.seq += 1
+        self._floor = self.seq + 1
+        self._entries.clear()
+        self._keys_of.clear()
+        self._invalidated.clear()

@@ -1,0 +1,309 @@
+"""The responder of one process: answers from memory, from the shared PostgreSQL cache, or signed on
+demand by the delegated responder key of the issuing CA generation; keeps the memory cache correct by
+listening to status changes; counts verifiers' answers for billing.
+
+Every failure becomes an OCSP response status (ca_core.ocsp.ResponseStatus), never an exception that
+reaches HTTP: overload and an unavailable token or database are tryLater (RFC 6960 2.3).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+from prometheus_client import Counter, Histogram
+
+from ca_core import ocsp
+from ca_core.clock import JST
+from ca_core.errors import ShomeiError
+from ca_core.ocsp import ResponseStatus
+from storage import cas, ocsp as store
+from storage.revocations import STATUS_CHANNEL
+
+from .cache import Entry, ResponseCache
+
+log = logging.getLogger(__name__)
+
+ANSWERS = Counter("shomei_ocsp_responses_total", "OCSP answers by certificate status (or error status) and source",
+                  ["status", "source"])
+MISS_LATENCY = Histogram("shomei_ocsp_miss_seconds", "Time to answer an OCSP request not in process memory",
+                         ["source"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
+VERIFIER_ANSWERS = Counter("shomei_ocsp_verifier_answers_total",
+                           "Successful OCSP answers per registered verifier (the first ocsp.verifier_metric_labels "
+                           "verifiers seen by a process are named, the rest count as 'other'; exact per-verifier "
+                           "counts for billing are in the table ocsp_verifier_usage)", ["verifier"])
+LISTENER_UP = Counter("shomei_ocsp_listener_connects_total", "Status listener (re)connections", ["result"])
+
+ERROR_BODIES = {s: ocsp.error_response(s) for s in ResponseStatus if s != ResponseStatus.successful}
+
+
+@dataclass(frozen=True)
+class ResponderKey:
+    """The delegated responder of one CA generation."""
+
+    record_id: int
+    key_label: str
+    certificate_der: bytes
+    key_hash: bytes
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    entry: Entry | None  # cacheable answers carry their RFC 5019 headers
+    status: str  # for metrics: a certificate status or the error status name
+    successful: bool
+
+
+def _error(status: ResponseStatus) -> Answer:
+    return Answer(ERROR_BODIES[status], None, status.name, False)
+
+
+class Responder:
+    def __init__(self, rt):
+        self.rt = rt
+        self.cfg = rt.cfg.ocsp
+        self.cache = ResponseCache(self.cfg.cache_entries)
+        self._issuers = rt.issuers
+        self.index = ocsp.IssuerIndex(rt.issuers)
+        self.responders: dict[int, ResponderKey] = {}
+        self._pending = 0
+        self._inflight: dict[bytes, asyncio.Future] = {}
+        self._to_store: list[tuple] = []
+        self.usage: dict[int, int] = {}
+        self._verifier_labels: dict[str, object] = {}
+        self._answers = {}
+        self.verifier_mode = self.cfg.access == "verifier"
+        self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
+        self.malformed = _error(ResponseStatus.malformed_request)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def count(self, status: str, source: str, verifier=None, successful: bool = True) -> None:
+        child = self._answers.get((status, source))
+        if child is None:
+            child = self._answers[(status, source)] = ANSWERS.labels(status, source)
+        child.inc()
+        if verifier is not None and successful:
+            self.usage[verifier.id] = self.usage.get(verifier.id, 0) + 1
+            label = self._verifier_labels.get(verifier.name)
+            if label is None:
+                name = verifier.name if len(self._verifier_labels) < self.cfg.verifier_metric_labels else "other"
+                label = self._verifier_labels[verifier.name] = VERIFIER_ANSWERS.labels(name)
+            label.inc()
+
+    # -- answering -------------------------------------------------------------------------------
+    def _check_issuers(self) -> None:
+        if self.rt.issuers is not self._issuers:
+            self._issuers = self.rt.issuers
+            self.index = ocsp.IssuerIndex(self._issuers)
+
+    async def answer(self, raw: bytes, key) -> Answer:
+        """Answer the DER request ``raw``; ``key`` is its raw form for the memory cache. Never raises."""
+        try:
+            return await self._answer(raw, key)
+        except Exception:
+            log.exception("OCSP answer failed")
+            return _error(ResponseStatus.internal_error)
+
+    async def _answer(self, raw: bytes, key) -> Answer:
+        parsed = ocsp.parse_request(raw, max_certs=self.cfg.max_certs_per_request)
+        if isinstance(parsed, ResponseStatus):
+            return _error(parsed)
+        self._check_issuers()
+        issuer = self.index.resolve(parsed)
+        if isinstance(issuer, ResponseStatus):
+            return _error(issuer)
+        responder = self.responders.get(issuer.db_id)
+        if responder is None:
+            log.error("no OCSP responder certificate for %s g%d", issuer.ca_id, issuer.generation)
+            return _error(ResponseStatus.try_later)
+        if parsed.nonce is not None:
+            # A nonce asks for a fresh answer bound to this request (RFC 8954): signed now, never cached.
+            return await self._bounded(self._make(issuer, responder, parsed, self.cache.seq))
+        cert_key = parsed.cert_key
+        entry = self.cache.get(cert_key, time.time())
+        if entry is not None:
+            self.cache.put((key,), entry, self.cache.seq)
+            return Answer(entry.body, entry, entry.status, True)
+        # Concurrent misses for the same CertIDs share one signature.
+        pending = self._inflight.get(cert_key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[cert_key] = fut
+        try:
+            result = await self._bounded(self._make(issuer, responder, parsed, self.cache.seq, key))
+            fut.set_result(result)
+            return result
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._inflight[cert_key]
+
+    async def _bounded(self, coro) -> Answer:
+        if self._pending >= self.cfg.max_pending_signatures:
+            coro.close()
+            return _error(ResponseStatus.try_later)
+        self._pending += 1
+        try:
+            return await coro
+        except (ShomeiError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            # Token or database unavailable: the client may retry (RFC 6960 2.3 tryLater).
+            log.warning("OCSP answer deferred: %s", type(exc).__name__)
+            return _error(ResponseStatus.try_later)
+        finally:
+            self._pending -= 1
+
+    async def _make(self, issuer, responder: ResponderKey, parsed: ocsp.ParsedRequest, since: int,
+                    key=None) -> Answer:
+        started = time.perf_counter()
+        rt = self.rt
+        now = rt.clock.now()
+        validity = dt.timedelta(seconds=self.cfg.validity_seconds)
+        single = len(parsed.certs) == 1 and parsed.nonce is None
+        async with rt.pool.acquire() as conn:
+            if single:
+                cert = parsed.certs[0]
+                fresh_after = now + validity - dt.timedelta(seconds=self.cfg.refresh_seconds)
+                found = await store.status(conn, issuer.db_id, cert.serial, cert_id=cert.cert_id_der,
+                                           fresh_after=fresh_after)
+                statuses = [found.status]
+                cached = found.cached
+            else:
+                statuses = await store.statuses(conn, issuer.db_id, [c.serial for c in parsed.certs])
+                cached = None
+        serials = tuple(c.serial for c in parsed.certs)
+        label = statuses[0].label if len(statuses) == 1 else "mixed"
+        if cached is not None:
+            entry = self._entry(cached.response, cached.this_update, cached.next_update, serials, label)
+            self.cache.put((parsed.cert_key, key) if key is not None else (parsed.cert_key,), entry, since)
+            MISS_LATENCY.labels("database").observe(time.perf_counter() - started)
+            return Answer(entry.body, entry, label, True)
+
+        next_update = min(now + validity, responder.not_after)
+        if next_update <= now:
+            log.error("the OCSP responder certificate of %s g%d has expired", issuer.ca_id, issuer.generation)
+            return _error(ResponseStatus.try_later)
+        tbs = ocsp.response_data(responder_key_hash=responder.key_hash, produced_at=now,
+                                 singles=[(c.cert_id_der, s) for c, s in zip(parsed.certs, statuses)],
+                                 this_update=now, next_update=next_update, nonce=parsed.nonce)
+        signature = await rt.signer.sign(responder.key_label, issuer.algorithm, tbs.dump())
+        body = ocsp.assemble(tbs, issuer.algorithm, signature, responder.certificate_der)
+        MISS_LATENCY.labels("signed").observe(time.perf_counter() - started)
+        if parsed.nonce is not None:
+            return Answer(body, None, label, True)
+        entry = self._entry(body, now, next_update, serials, label)
+        self.cache.put((parsed.cert_key, key) if key is not None else (parsed.cert_key,), entry, since)
+        if single:
+            self._to_store.append((parsed.certs[0].cert_id_der, issuer.db_id, serials[0], statuses[0].key, body,
+                                   now, next_update))
+        return Answer(body, entry, label, True)
+
+    def _entry(self, body: bytes, this_update: dt.datetime, next_update: dt.datetime, serials, label) -> Entry:
+        tu, nu = this_update.timestamp(), next_update.timestamp()
+        return Entry.make(body, tu, nu, tu + self.cfg.refresh_seconds, serials, label)
+
+    # -- background work -------------------------------------------------------------------------
+    async def load_responders(self) -> None:
+        """Pick up the newest responder certificate of every CA generation (renewals by any process)."""
+        async with self.rt.pool.acquire() as conn:
+            latest = await cas.latest_responders(conn)
+        self.responders = {gen: ResponderKey(rec.id, rec.key_label, rec.certificate,
+                                             ocsp.responder_key_hash(rec.certificate), rec.not_after)
+                           for gen, rec in latest.items()}
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        try:
+            serial = int(payload, 16)
+        except (TypeError, ValueError):
+            log.warning("ignored a malformed status notification")
+            return
+        self.cache.invalidate(serial)
+
+    async def listen(self) -> None:
+        """Keep a LISTEN connection on the status channel; the memory cache is used only while it is up."""
+        backoff = 0.2
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.rt.cfg.database_url, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(STATUS_CHANNEL, self._on_notify)
+                self.cache.clear()  # notifications may have been missed while disconnected
+                self.cache.enabled = True
+                LISTENER_UP.labels("ok").inc()
+                backoff = 0.2
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), 5)
+                    except asyncio.TimeoutError:
+                        await conn.fetchval("SELECT 1", timeout=5)  # a silent network loss shows here
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                LISTENER_UP.labels("error").inc()
+                log.warning("OCSP status listener lost (%s); serving without the memory cache", type(exc).__name__)
+            finally:
+                self.cache.enabled = False
+                self.cache.clear()
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def flush(self, usage: bool = True) -> None:
+        """Write queued answers to the shared cache and (``usage``) verifiers' counts to the billing table."""
+        rows, self._to_store = self._to_store, []
+        counts = {}
+        if usage:
+            counts, self.usage = self.usage, {}
+        if not rows and not counts:
+            return
+        try:
+            async with self.rt.pool.acquire() as conn:
+                if rows:
+                    await store.store_responses(conn, rows)
+                if counts:
+                    await store.add_usage(conn, self.rt.clock.now().astimezone(JST).date(), counts)
+        except Exception as exc:  # keep the counts for the next flush; cached rows are only an optimisation
+            log.warning("OCSP flush failed: %s", type(exc).__name__)
+            for cid, n in counts.items():
+                self.usage[cid] = self.usage.get(cid, 0) + n
+
+    async def flusher(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            due = time.monotonic() - last >= self.cfg.usage_flush_seconds
+            if due:
+                last = time.monotonic()
+            await self.flush(usage=due)
+
+    async def maintain(self) -> None:
+        """Reload responder certificates and CA generations; renew responders close to expiry (the
+        advisory lock in renew_responders makes one process do it); purge expired shared answers."""
+        from shomei.operations import renew_responders
+
+        next_renew = time.monotonic() + min(self.cfg.renew_check_seconds, 300)
+        while True:
+            await asyncio.sleep(self.cfg.reload_seconds)
+            try:
+                if time.monotonic() >= next_renew:
+                    next_renew = time.monotonic() + self.cfg.renew_check_seconds
+                    for line in await renew_responders(self.rt):
+                        log.info("%s", line)
+                    async with self.rt.pool.acquire() as conn:
+                        await store.purge_expired(conn, self.rt.clock.now())
+                await self.rt.reload_issuers()
+                await self.load_responders()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("OCSP maintenance failed: %s", type(exc).__name__)

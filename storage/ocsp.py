@@ -1,0 +1,100 @@
+"""OCSP reads and writes: the status of (issuer generation, serial) together with a cached answer
+that is still correct, the shared cache of signed answers, and per-verifier answer counts."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ca_core.ocsp import CertStatus, status_from_record
+from ca_core.serials import serial_bytes
+
+# One query: the certificate, the revocation in force (released_at IS NULL; effective or only
+# accepted online), the hold a pending online revocation replaced (only looked for in that case), and
+# the cached answer for this CertID if it has not expired.
+_STATUS_SQL = """
+SELECT c.id IS NOT NULL AS exists, r.reason, r.revoked_at, r.effective_at IS NOT NULL AS effective,
+       CASE WHEN r.id IS NOT NULL AND r.effective_at IS NULL THEN
+           (SELECT h.revoked_at FROM revocation h WHERE h.certificate_id = c.id AND h.reason = 6
+              AND h.release_kind = 'hold_revoked' AND h.released_at = r.revoked_at ORDER BY h.id DESC LIMIT 1)
+       END AS hold_revoked_at,
+       k.status_key, k.response, k.this_update, k.next_update
+FROM (SELECT 1) AS one
+LEFT JOIN certificate c ON c.serial = $2 AND c.ca_generation_id = $1
+LEFT JOIN revocation r ON r.certificate_id = c.id AND r.released_at IS NULL
+LEFT JOIN ocsp_response_cache k ON k.cert_id = $3 AND k.next_update > $4
+"""
+
+
+@dataclass(frozen=True)
+class Cached:
+    response: bytes
+    this_update: dt.datetime
+    next_update: dt.datetime
+
+
+@dataclass(frozen=True)
+class StatusLookup:
+    status: CertStatus
+    cached: Cached | None  # a shared answer signed for exactly this status, not yet expired
+
+
+def _valid_serial(serial: int) -> bool:
+    return 0 < serial < (1 << 159)  # RFC 5280 4.1.2.2: at most 20 octets; ours are 16
+
+
+async def status(conn, ca_generation_id: int, serial: int, *, cert_id: bytes | None = None,
+                 fresh_after: dt.datetime | None = None) -> StatusLookup:
+    """Status of ``serial`` under one CA generation (unknown if never issued there) and, when
+    ``cert_id`` is given, the cached answer for it whose status still holds and whose nextUpdate is after
+    ``fresh_after``."""
+    if not _valid_serial(serial):
+        return StatusLookup(status_from_record(exists=False, revoked_at=None, reason=None, effective=False), None)
+    row = await conn.fetchrow(_STATUS_SQL, ca_generation_id, serial_bytes(serial), cert_id or b"",
+                              fresh_after or dt.datetime.now(dt.timezone.utc))
+    st = status_from_record(exists=row["exists"], revoked_at=row["revoked_at"], reason=row["reason"],
+                            effective=row["effective"], hold_revoked_at=row["hold_revoked_at"])
+    cached = None
+    if row["response"] is not None and row["status_key"] == st.key:
+        cached = Cached(bytes(row["response"]), row["this_update"], row["next_update"])
+    return StatusLookup(st, cached)
+
+
+async def statuses(conn, ca_generation_id: int, serials: list[int]) -> list[CertStatus]:
+    """Status of each serial (for requests with several CertIDs)."""
+    return [(await status(conn, ca_generation_id, s)).status for s in serials]
+
+
+async def store_responses(conn, rows: list[tuple[bytes, int, int, str, bytes, dt.datetime, dt.datetime]]) -> None:
+    """Upsert signed answers: (cert_id, ca_generation_id, serial, status_key, response, this_update,
+    next_update). A row for a status that no longer holds is harmless: it is never served."""
+    await conn.executemany(
+        "INSERT INTO ocsp_response_cache (cert_id, ca_generation_id, serial, status_key, response, this_update,"
+        " next_update) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (cert_id) DO UPDATE SET"
+        " status_key = EXCLUDED.status_key, response = EXCLUDED.response, this_update = EXCLUDED.this_update,"
+        " next_update = EXCLUDED.next_update WHERE ocsp_response_cache.this_update <= EXCLUDED.this_update",
+        [(cid, gen, serial_bytes(serial), key, resp, tu, nu) for cid, gen, serial, key, resp, tu, nu in rows])
+
+
+async def purge_expired(conn, before: dt.datetime) -> int:
+    """Delete cached answers whose nextUpdate has passed; returns how many."""
+    res = await conn.execute("DELETE FROM ocsp_response_cache WHERE next_update < $1", before)
+    return int(res.split()[-1])
+
+
+async def add_usage(conn, day: dt.date, counts: dict[int, int]) -> None:
+    """Add answer counts of verifiers (client id -> answers) to their row of ``day``."""
+    ids = list(counts)
+    await conn.execute(
+        "INSERT INTO ocsp_verifier_usage (client_id, day, answers)"
+        " SELECT u.id, $1, u.n FROM unnest($2::int[], $3::bigint[]) AS u(id, n)"
+        " ON CONFLICT (client_id, day) DO UPDATE SET answers = ocsp_verifier_usage.answers + EXCLUDED.answers",
+        day, ids, [counts[i] for i in ids])
+
+
+async def usage(conn, client_id: int, day: dt.date | None = None) -> int:
+    """Answers counted for a verifier (on one day, or in total)."""
+    if day is None:
+        return await conn.fetchval("SELECT coalesce(sum(answers), 0) FROM ocsp_verifier_usage WHERE client_id = $1",
+                                   client_id)
+    return await conn.fetchval("SELECT coalesce(sum(answers), 0) FROM ocsp_verifier_usage"
+                               " WHERE client_id = $1 AND day = $2", client_id, day)
