@@ -266,9 +266,6 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
         server = dataclasses.replace(server, host=host, port=int(port))
     if "SHOMEI_PUBLIC_URL" in env:
         server = dataclasses.replace(server, public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
-    if "SHOMEI_RESIDENT_KEY_FILE" in env:
-        cfg = cfg.replace(security=dataclasses.replace(cfg.security,
-                                                       resident_hash_key_file=env["SHOMEI_RESIDENT_KEY_FILE"]))
     if "SHOMEI_WORKERS" in env:
         server = dataclasses.replace(server, workers=int(env["SHOMEI_WORKERS"]))
     if "SHOMEI_RESIDENT_KEY_FILE" in env:

@@ -149,3 +149,53 @@ async def activate_pending(conn, at: dt.datetime) -> int:
     await conn.executemany("SELECT pg_notify($1, $2)",
                            [(STATUS_CHANNEL, format(int.from_bytes(r["serial"], "big"), "x")) for r in rows])
     return len(rows)
+
+
+async def lock_certificates(conn, ids) -> list[CertificateRecord]:
+    """Lock certificate rows in id order (the one lock order of every status change) and return them."""
+    from storage.certificates import _COLS as CERT_COLS, _record as cert_record
+
+    rows = await conn.fetch(f"SELECT {CERT_COLS} FROM certificate WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                            list(ids))
+    return [cert_record(r) for r in rows]
+
+
+async def revoke_many(conn, items, *, at: dt.datetime, source: str, client_id: int | None) -> None:
+    """Set-based revocation of many certificates in the caller's transaction (the resident-register feed):
+    ``items`` are (CertificateRecord, reason, source_ref, entry_der), rows already locked and not revoked.
+    Same effects as apply_revocation for each: holds in force end as 'hold_revoked', accepted online
+    revocations as 'pending_replaced', revocation rows with their CRL entry DER, status revoked, one
+    audit record per certificate, NOTIFY on commit."""
+    if not items:
+        return
+    ids = [c.id for c, *_ in items]
+    await conn.execute(
+        "UPDATE revocation SET released_at = $2, release_kind = CASE WHEN effective_at IS NULL"
+        " THEN 'pending_replaced' ELSE 'hold_revoked' END"
+        " WHERE certificate_id = ANY($1::bigint[]) AND released_at IS NULL", ids, at)
+    await conn.copy_records_to_table(
+        "revocation",
+        columns=["certificate_id", "ca_generation_id", "serial", "partition", "cert_not_after", "reason",
+                 "revoked_at", "effective_at", "source", "source_ref", "entry_der"],
+        records=[(c.id, c.ca_generation_id, serial_bytes(c.serial), c.partition, c.not_after, int(reason), at, at,
+                  source, ref, entry) for c, reason, ref, entry in items])
+    await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = ANY($1::bigint[])", ids)
+    serials = [serial_bytes(c.serial) for c, *_ in items]
+    await conn.execute(
+        "INSERT INTO audit_log (client_id, action, serial, request_id, details)"
+        " SELECT $1, 'revoke', s, ref, jsonb_build_object('reason', r, 'source', $5::text, 'kind', k)"
+        " FROM unnest($2::bytea[], $3::text[], $4::int[], $6::text[]) AS u(s, ref, r, k)",
+        client_id, serials, [ref for _c, _r, ref, _e in items], [int(r) for _c, r, _ref, _e in items], source,
+        [c.kind for c, *_ in items])
+    await conn.execute(f"SELECT pg_notify('{STATUS_CHANNEL}', ltrim(encode(s, 'hex'), '0'))"
+                       " FROM unnest($1::bytea[]) AS s", serials)
+
+
+async def mark_free_reissue(conn, rows, *, at: dt.datetime) -> None:
+    """Entitle residents to a free reissue; ``rows`` are (resident_hash, cause, source_ref), cause one of
+    address_notation_changed, municipal_merger, recording_error."""
+    rows = list(rows)
+    if rows:
+        await conn.execute("INSERT INTO free_reissue (resident_hash, cause, source_ref, created_at)"
+                           " SELECT h, c, r, $4 FROM unnest($1::bytea[], $2::text[], $3::text[]) AS u(h, c, r)",
+                           [h for h, _c, _r in rows], [c for _h, c, _r in rows], [r for _h, _c, r in rows], at)

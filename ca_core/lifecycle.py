@@ -1,0 +1,138 @@
+"""The revocation rules (MISSION.md, table "Revocation rules"), as data and pure functions.
+
+Which certificates an event revokes, with which CRLReason (RFC 5280 5.3.1), whether it entitles the
+resident to a free reissue, and the cascade "authentication certificate revoked => signing certificate
+revoked too". No I/O: storage and services apply what these functions decide.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from .errors import PolicyViolation
+from .revocation import Reason
+
+KINDS = ("signing", "auth")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one event does: the certificate kinds it revokes, the reason, and a free reissue mark."""
+
+    revokes: tuple[str, ...]
+    reason: Reason
+    free_reissue: bool = False
+    with_invalidity_date: bool = False
+
+
+# Municipal window reasons (POST /v1/revocations).
+WINDOW_RULES: dict[str, Rule] = {
+    "holder_request": Rule(KINDS, Reason.cessation_of_operation),
+    "card_returned": Rule(KINDS, Reason.cessation_of_operation),
+    "death": Rule(KINDS, Reason.cessation_of_operation),
+    "key_compromise": Rule(KINDS, Reason.key_compromise, with_invalidity_date=True),
+    # 職権失効: the entry carries no reasonCode (unspecified), and the reissue is free.
+    "recording_error": Rule(KINDS, Reason.unspecified, free_reissue=True),
+}
+
+# Resident-register feed event kinds (住基連携 異動等失効情報).
+FEED_RULES: dict[str, Rule] = {
+    # A change of the basic-4 information: only the signing certificate carries it.
+    "moved": Rule(("signing",), Reason.affiliation_changed),
+    "name_changed": Rule(("signing",), Reason.affiliation_changed),
+    "birth_date_corrected": Rule(("signing",), Reason.affiliation_changed),
+    "sex_corrected": Rule(("signing",), Reason.affiliation_changed),
+    "address_notation_changed": Rule(("signing",), Reason.affiliation_changed, free_reissue=True),
+    # 市町村合併: nothing is revoked; the holder may get a new certificate free of charge.
+    "municipal_merger": Rule((), Reason.unspecified, free_reissue=True),
+    "died": Rule(KINDS, Reason.cessation_of_operation),
+    "emigrated": Rule(KINDS, Reason.cessation_of_operation),
+    "record_deleted": Rule(KINDS, Reason.cessation_of_operation),
+}
+
+# An online revocation application (the holder asks).
+ONLINE_RULE = Rule(("signing", "auth"), Reason.cessation_of_operation)
+
+
+def window_rule(reason: str) -> Rule:
+    """The rule of a window reason; raises PolicyViolation for an unknown one."""
+    try:
+        return WINDOW_RULES[reason]
+    except KeyError:
+        raise PolicyViolation(f"reason must be one of {', '.join(WINDOW_RULES)}", field="reason",
+                              code="invalid_reason") from None
+
+
+def cascade_reason(reason: Reason) -> Reason:
+    """Reason of the signing certificate revoked because its authentication certificate was: the same,
+    except that a compromised auth key says nothing about the signing key (no keyCompromise claim)."""
+    return Reason.cessation_of_operation if reason == Reason.key_compromise else reason
+
+
+def cascades(kind: str) -> bool:
+    """Revoking a certificate of ``kind`` revokes the resident's signing certificate too (auth only)."""
+    return kind == "auth"
+
+
+def check_hold_release(kind: str) -> None:
+    """A signing-certificate hold can never be released: it ends only in revocation (MISSION.md)."""
+    if kind == "signing":
+        raise PolicyViolation(
+            "a hold on a signing certificate cannot be released; it ends only in revocation "
+            "(POST /v1/revocations), after which a new certificate may be issued",
+            field="serial", code="signing_hold_not_releasable",
+            message_ja="署名用電子証明書の一時保留は解除できません。失効の届出により終了し、再発行を受けてください。")
+
+
+def check_invalidity_date(value: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
+    """invalidityDate (RFC 5280 5.3.2): not in the future; whole seconds, UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise PolicyViolation("invalidity_date needs a time zone (RFC 3339)", field="invalidity_date",
+                              code="invalid_invalidity_date")
+    value = value.astimezone(dt.timezone.utc).replace(microsecond=0)
+    if value > now:
+        raise PolicyViolation("invalidity_date may not be in the future", field="invalidity_date",
+                              code="invalid_invalidity_date")
+    return value
+
+
+# -- fast CRL entry encoding ---------------------------------------------------------------------
+# The feed revokes up to 100,000 certificates per batch; these build the same DER as
+# ca_core.revocation.encode_entry for its common case (no invalidityDate) without an ASN.1 object tree.
+
+def _len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    return bytes([tag]) + _len(len(value)) + value
+
+
+def _integer(value: int) -> bytes:
+    body = value.to_bytes(value.bit_length() // 8 + 1, "big")  # leading 0 keeps it positive
+    return _tlv(0x02, body)
+
+
+def _time(at: dt.datetime) -> bytes:
+    """UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 5.1.2.4)."""
+    at = at.astimezone(dt.timezone.utc)
+    if at.year < 2050:
+        return _tlv(0x17, at.strftime("%y%m%d%H%M%SZ").encode())
+    return _tlv(0x18, at.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+_REASON_OID = bytes.fromhex("0603551d15")  # id-ce-cRLReasons 2.5.29.21
+
+
+def encode_entry_fast(serial: int, revoked_at: dt.datetime, reason: Reason) -> bytes:
+    """revokedCertificates entry for ``reason`` without invalidityDate; equal to encode_entry()."""
+    parts = _integer(serial) + _time(revoked_at)
+    if reason != Reason.unspecified:
+        ext = _tlv(0x30, _REASON_OID + _tlv(0x04, _tlv(0x0A, bytes([int(reason)]))))
+        parts += _tlv(0x30, ext)
+    return _tlv(0x30, parts)

@@ -1,0 +1,77 @@
+"""Helpers of the revocation tests: issue a resident's certificates keeping their keys, read state."""
+from __future__ import annotations
+
+import secrets
+
+from cryptography import x509
+
+from ca_core.resident import resident_hash
+from revocation import online_client
+from tests.helpers import csr_pem, headers, issue, issue_body, resident_code
+
+
+class Holder:
+    """A resident with certificates issued through the API, and the card's keys."""
+
+    def __init__(self, code, certs, keys):
+        self.code = code
+        self.certs = certs  # kind -> cryptography Certificate
+        self.keys = keys  # kind -> private key
+
+    def serial(self, kind: str) -> int:
+        return self.certs[kind].serial_number
+
+    def hex(self, kind: str) -> str:
+        return format(self.serial(kind), "x")
+
+    def der(self, kind: str) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding
+        return self.certs[kind].public_bytes(Encoding.DER)
+
+    def application(self, kind: str, procedure: str, **kw) -> bytes:
+        return online_client.build(procedure, self.der(kind), online_client.key_signer(self.keys[kind]),
+                                   APPLICANT, **kw)
+
+
+APPLICANT = {"name": "山田　花子", "address": "東京都千代田区千代田１番１号", "birth_date": "319850412", "sex": "2"}
+
+
+async def new_holder(http, terminal, keypool, kinds=("signing", "auth")) -> Holder:
+    code = resident_code()
+    keys = {k: keypool.new() for k in kinds}
+    body = issue_body(keypool, kinds=(), code=code)
+    for k in kinds:
+        body[f"{k}_csr"] = csr_pem(keys[k])
+    data = await issue(http, terminal, body)
+    certs = {c["kind"]: x509.load_pem_x509_certificate(c["certificate"].encode()) for c in data["certificates"]}
+    return Holder(code, certs, keys)
+
+
+def rid() -> str:
+    return "rv-" + secrets.token_hex(8)
+
+
+async def post(http, path, token, body, operator="clerk-01"):
+    resp = await http.post(path, json=body, headers=headers(token, operator))
+    return resp.status, await resp.json()
+
+
+async def status_of(rt, serial: int) -> str:
+    async with rt.pool.acquire() as conn:
+        return await conn.fetchval("SELECT status FROM certificate WHERE serial = $1", serial.to_bytes(16, "big"))
+
+
+async def rows_of(rt, serial: int):
+    async with rt.pool.acquire() as conn:
+        return await conn.fetch("SELECT * FROM revocation WHERE serial = $1 ORDER BY id", serial.to_bytes(16, "big"))
+
+
+async def in_force(rt, serial: int):
+    """The revocation/hold row OCSP and CRLs treat as in force (effective, not released)."""
+    async with rt.pool.acquire() as conn:
+        return await conn.fetchrow("SELECT * FROM revocation WHERE serial = $1 AND effective_at IS NOT NULL"
+                                   " AND released_at IS NULL", serial.to_bytes(16, "big"))
+
+
+def rhash(rt, code: str) -> bytes:
+    return resident_hash(rt.resident_key, code)
