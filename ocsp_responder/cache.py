@@ -45,9 +45,9 @@ class ResponseCache:
         self._entries: dict[object, Entry] = {}
         self._keys_of: dict[int, list[object]] = {}
         self.enabled = False  # True only while the status listener is connected
-        self.seq = 0  # bumped by every invalidation
+        self.seq = 0  # bumped by every invalidation; read it before reading a status, pass it to put()
         self._invalidated: dict[int, int] = {}  # serial -> seq of its last invalidation
-        self._floor = 0  # invalidations before this seq were forgotten (or the listener was down)
+        self._floor = 0  # answers begun before this seq are refused (invalidations forgotten, listener lost)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,10 +65,10 @@ class ResponseCache:
         if seq < self._floor or not self.enabled:
             return True
         inv = self._invalidated
-        return any(inv.get(s, -1) >= seq for s in serials)
+        return any(inv.get(s, -1) > seq for s in serials)
 
     def put(self, keys, entry: Entry, since: int) -> bool:
-        """Store ``entry`` under every key unless one of its serials was invalidated at or after ``since``
+        """Store ``entry`` under every key unless one of its serials was invalidated after ``since`` was read
         (the answer may predate the change) or the listener is down. Returns whether it was stored."""
         if self.changed_since(entry.serials, since):
             return False
@@ -108,14 +108,14 @@ class ResponseCache:
         if len(self._invalidated) > 100_000:
             # Forget old invalidations; answers begun before now are then not stored (see put).
             self._invalidated.clear()
-            self._floor = self.seq + 1
+            self._floor = self.seq
         for key in self._keys_of.pop(serial, ()):
             self._entries.pop(key, None)
 
     def clear(self) -> None:
         """Forget everything (listener lost or reconnected: notifications may have been missed)."""
         self.seq += 1
-        self._floor = self.seq + 1
+        self._floor = self.seq
         self._entries.clear()
         self._keys_of.clear()
         self._invalidated.clear()

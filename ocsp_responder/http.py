@@ -56,8 +56,8 @@ async def _verifier(request: web.Request, svc: Responder):
     return client
 
 
-def _reply(request: web.Request, svc: Responder, answer: Answer, source: str, verifier, now: float) -> web.Response:
-    svc.count(answer.status, source if answer.successful else "error", verifier, answer.successful)
+def _reply(request: web.Request, svc: Responder, answer: Answer, verifier, now: float) -> web.Response:
+    svc.count(answer.status, answer.source, verifier, answer.successful)
     entry = answer.entry
     if entry is None:
         if answer.status == "try_later":
@@ -97,14 +97,14 @@ async def get_ocsp(request: web.Request) -> web.Response:
             return web.Response(status=304, headers=entry.headers(now))
         return web.Response(body=entry.body, headers=entry.headers(now))
     if len(key) > svc.max_get_chars:
-        return _reply(request, svc, svc.malformed, "error", verifier, now)
+        return _reply(request, svc, svc.malformed, verifier, now)
     try:
         text = key.strip().encode("ascii").translate(_B64)
         raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except (UnicodeEncodeError, binascii.Error, ValueError):
-        return _reply(request, svc, svc.malformed, "error", verifier, now)
+        return _reply(request, svc, svc.malformed, verifier, now)
     answer = await svc.answer(raw, key)
-    return _reply(request, svc, answer, "signed", verifier, time.time())
+    return _reply(request, svc, answer, verifier, time.time())
 
 
 async def post_ocsp(request: web.Request) -> web.Response:
@@ -117,16 +117,16 @@ async def post_ocsp(request: web.Request) -> web.Response:
     limit = svc.cfg.max_request_bytes
     if request.content_type != "application/ocsp-request" or (
             request.content_length is not None and request.content_length > limit):
-        return _reply(request, svc, svc.malformed, "error", verifier, now)
+        return _reply(request, svc, svc.malformed, verifier, now)
     body = await request.content.read(limit + 1)
     if len(body) > limit:
-        return _reply(request, svc, svc.malformed, "error", verifier, now)
+        return _reply(request, svc, svc.malformed, verifier, now)
     entry = svc.cache.get(body, now)
     if entry is not None:
         svc.count(entry.status, "memory", verifier)
         return web.Response(body=entry.body, headers=entry.headers(now))
     answer = await svc.answer(body, body)
-    return _reply(request, svc, answer, "signed", verifier, time.time())
+    return _reply(request, svc, answer, verifier, time.time())
 
 
 async def _background(app: web.Application):

@@ -57,6 +57,7 @@ class Answer:
     entry: Entry | None  # cacheable answers carry their RFC 5019 headers
     status: str  # for metrics: a certificate status or the error status name
     successful: bool
+    source: str = "error"  # memory | database | signed | error
 
 
 def _error(status: ResponseStatus) -> Answer:
@@ -80,6 +81,7 @@ class Responder:
         self.verifier_mode = self.cfg.access == "verifier"
         self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
         self.malformed = _error(ResponseStatus.malformed_request)
+        self.listener_pid: int | None = None  # backend pid of the LISTEN connection while it is up
 
     # -- metrics ---------------------------------------------------------------------------------
     def count(self, status: str, source: str, verifier=None, successful: bool = True) -> None:
@@ -128,7 +130,7 @@ class Responder:
         entry = self.cache.get(cert_key, time.time())
         if entry is not None:
             self.cache.put((key,), entry, self.cache.seq)
-            return Answer(entry.body, entry, entry.status, True)
+            return Answer(entry.body, entry, entry.status, True, "memory")
         # Concurrent misses for the same CertIDs share one signature.
         pending = self._inflight.get(cert_key)
         if pending is not None:
@@ -184,7 +186,7 @@ class Responder:
             entry = self._entry(cached.response, cached.this_update, cached.next_update, serials, label)
             self.cache.put((parsed.cert_key, key) if key is not None else (parsed.cert_key,), entry, since)
             MISS_LATENCY.labels("database").observe(time.perf_counter() - started)
-            return Answer(entry.body, entry, label, True)
+            return Answer(entry.body, entry, label, True, "database")
 
         next_update = min(now + validity, responder.not_after)
         if next_update <= now:
@@ -197,13 +199,13 @@ class Responder:
         body = ocsp.assemble(tbs, issuer.algorithm, signature, responder.certificate_der)
         MISS_LATENCY.labels("signed").observe(time.perf_counter() - started)
         if parsed.nonce is not None:
-            return Answer(body, None, label, True)
+            return Answer(body, None, label, True, "signed")
         entry = self._entry(body, now, next_update, serials, label)
         self.cache.put((parsed.cert_key, key) if key is not None else (parsed.cert_key,), entry, since)
         if single:
             self._to_store.append((parsed.certs[0].cert_id_der, issuer.db_id, serials[0], statuses[0].key, body,
                                    now, next_update))
-        return Answer(body, entry, label, True)
+        return Answer(body, entry, label, True, "signed")
 
     def _entry(self, body: bytes, this_update: dt.datetime, next_update: dt.datetime, serials, label) -> Entry:
         tu, nu = this_update.timestamp(), next_update.timestamp()
@@ -238,6 +240,7 @@ class Responder:
                 await conn.add_listener(STATUS_CHANNEL, self._on_notify)
                 self.cache.clear()  # notifications may have been missed while disconnected
                 self.cache.enabled = True
+                self.listener_pid = conn.get_server_pid()
                 LISTENER_UP.labels("ok").inc()
                 backoff = 0.2
                 while not lost.is_set():
@@ -252,6 +255,7 @@ class Responder:
                 log.warning("OCSP status listener lost (%s); serving without the memory cache", type(exc).__name__)
             finally:
                 self.cache.enabled = False
+                self.listener_pid = None
                 self.cache.clear()
                 if conn is not None:
                     conn.terminate()
