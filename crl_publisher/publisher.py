@@ -1,0 +1,370 @@
+"""Publishing CRLs: full and partition CRLs (complete, "base") and their deltas, per CA generation.
+
+One issuance, under the scope's lease (an advisory lock in PostgreSQL, so one publisher at a time
+across processes and machines):
+
+1. accepted online revocations become effective (storage.revocations.activate_pending), committed;
+2. a CRL number is allocated and committed (never goes backwards, shared by base and delta);
+3. in one REPEATABLE READ transaction: the snapshot is recorded, the count and size of the entries
+   are read (they fix the DER header), and the stored entry DER is streamed in serial order, pages
+   concatenated by the server, hashed and written to a temporary file by a worker thread while the
+   next page is fetched;
+4. the token signs the digest only; the signature is appended, the file synced, the previous issue
+   kept as ``<name>.prev``, and the new file renamed into place (a crash before the rename leaves the
+   last good CRL served);
+5. the CRL is recorded with its snapshot, which defines what its deltas contain.
+
+Files: ``{output}/{ca}/g{gen}-p{n}.crl`` and ``-delta.crl`` (the names certificates carry), and
+``{output}/{ca}/g{gen}/full.crl`` and ``delta.crl``; /crl/{ca}/full.crl and delta.crl serve the
+current generation. The file's mtime is set to thisUpdate (Last-Modified when served).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import glob
+import logging
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ca_core import crl as crl_core
+from ca_core.ca import Issuer
+from ca_core.profiles import CertificateProfile, partition_name
+from storage import crls, revocations
+
+log = logging.getLogger(__name__)
+
+CRL_NUMBER = Gauge("shomei_crl_number", "Number of the last CRL published", ["ca", "kind"],
+                   multiprocess_mode="max")
+CRL_ENTRIES = Gauge("shomei_crl_entries", "Entries of the last CRL published", ["ca", "kind"],
+                    multiprocess_mode="mostrecent")
+CRL_BYTES = Gauge("shomei_crl_bytes", "Size of the last CRL published, octets", ["ca", "kind"],
+                  multiprocess_mode="mostrecent")
+CRL_PUBLISHED = Counter("shomei_crl_published_total", "CRL issuances", ["ca", "kind", "result"])
+CRL_SECONDS = Histogram("shomei_crl_publish_seconds", "Time to publish one CRL", ["ca", "kind"],
+                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+
+_CHUNK = 8 << 20
+
+
+def output_dir(cfg) -> Path:
+    return Path(cfg.crl.output_dir or Path(cfg.var_dir) / "crl")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One CRL: a CA generation, a scope ('full' or 'p<n>') and a kind ('base' or 'delta')."""
+
+    issuer: Issuer
+    scope: str
+    kind: str
+
+    @property
+    def partition(self) -> int | None:
+        return crls.scope_partition(self.scope)
+
+    @property
+    def path(self) -> str:
+        """Path under the output folder, equal to the URL path under /crl/."""
+        gen = self.issuer.generation
+        suffix = "-delta" if self.kind == "delta" else ""
+        if self.partition is None:
+            return f"{self.issuer.ca_id}/g{gen}/{'delta' if self.kind == 'delta' else 'full'}.crl"
+        return f"{self.issuer.ca_id}/{partition_name(gen, self.partition)}{suffix}.crl"
+
+    @property
+    def metric_kind(self) -> str:
+        return "delta" if self.kind == "delta" else ("full" if self.partition is None else "partition")
+
+    @property
+    def label(self) -> str:
+        return f"{self.issuer.ca_id}-g{self.issuer.generation}"
+
+    def __str__(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    target: Target
+    published: crls.PublishedCRL | None
+    skipped: str | None = None  # why nothing was published (lease busy, not due, no base)
+    seconds: float = 0.0
+
+
+class _Writer:
+    """A CRL file being written: hashes and writes on one worker thread, in order, while the event
+    loop fetches the next page. Memory: one page at a time."""
+
+    def __init__(self, final: Path, spec: crl_core.CRLSpec, count: int, size: int):
+        self.final = final
+        self.spec = spec
+        self.count = count
+        self.size = size
+        self.tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.hash = spec.algorithm.new_hash()
+        self.tbs_len = crl_core.tbs_length(spec, count, size)
+        self.reserve = len(crl_core.signed_prefix(self.tbs_len, crl_core.max_suffix_length(spec.algorithm)))
+        self.written = 0
+        self.written_count = 0
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crl-writer")
+        self._pending = None
+        self._f = open(self.tmp, "wb", buffering=0)
+        self._f.write(b"\x00" * self.reserve)
+        self._put(crl_core.tbs_header(spec, count, size))
+
+    def _put(self, data: bytes) -> None:
+        self.hash.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[self._f.write(view):]
+
+    async def add(self, count: int, data: bytes) -> None:
+        """Queue a page of entries; returns once the previous page is written (one page in flight)."""
+        if self._pending is not None:
+            await self._pending
+        self.written += len(data)
+        self.written_count += count
+        self._pending = asyncio.get_running_loop().run_in_executor(self._ex, self._put, data)
+
+    async def finish_tbs(self) -> bytes:
+        """The digest of the TBSCertList; raises RuntimeError when the stream disagreed with the count."""
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if (self.written, self.written_count) != (self.size, self.count):
+            raise RuntimeError(f"entries changed while streaming ({self.written_count}/{self.written} "
+                               f"instead of {self.count}/{self.size})")
+        self._put(crl_core.tbs_trailer(self.spec))
+        return self.hash.digest()
+
+    async def finish(self, signature: bytes, keep_previous: bool = True) -> int:
+        """Append the signature, sync, keep the previous issue and rename into place; returns the size."""
+        return await asyncio.get_running_loop().run_in_executor(self._ex, self._finish, signature, keep_previous)
+
+    def _finish(self, signature: bytes, keep_previous: bool) -> int:
+        suffix = crl_core.signed_suffix(self.spec.algorithm, signature)
+        prefix = crl_core.signed_prefix(self.tbs_len, len(suffix))
+        self._f.write(suffix)
+        if len(prefix) == self.reserve:
+            os.pwrite(self._f.fileno(), prefix, 0)
+            os.fsync(self._f.fileno())
+            self._f.close()
+            src = self.tmp
+        else:  # an ECDSA signature shorter than reserved changed the length octets: copy once (rare)
+            self._f.close()
+            src = self.tmp.with_suffix(".fix")
+            with open(self.tmp, "rb") as old, open(src, "wb") as new:
+                old.seek(self.reserve)
+                new.write(prefix)
+                while chunk := old.read(_CHUNK):
+                    new.write(chunk)
+                new.flush()
+                os.fsync(new.fileno())
+            os.unlink(self.tmp)
+        stamp = self.spec.this_update.timestamp()
+        os.utime(src, (stamp, stamp))
+        if keep_previous and self.final.exists():
+            prev_tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.prev.tmp")
+            try:
+                os.unlink(prev_tmp)
+            except FileNotFoundError:
+                pass
+            os.link(self.final, prev_tmp)
+            os.replace(prev_tmp, self.final.with_name(self.final.name + ".prev"))
+        os.replace(src, self.final)
+        dir_fd = os.open(self.final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._ex.shutdown(wait=False)
+        return len(prefix) + self.tbs_len + len(suffix)
+
+    def abort(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            self._ex.shutdown(wait=False)
+            for path in (self.tmp, self.tmp.with_suffix(".fix")):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+class Publisher:
+    """Publishes the CRLs of every CA generation of a Runtime."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.cfg = rt.cfg
+        self.out = output_dir(rt.cfg)
+        self.profiles = {ca: CertificateProfile.from_config(rt.cfg, ca) for ca in ("signing", "auth")}
+
+    # -- what a CRL says about its scope ---------------------------------------------------------
+    def url(self, path: str) -> str:
+        return f"{self.cfg.server.public_base_url.rstrip('/')}/crl/{path}"
+
+    def spec(self, target: Target, number: int, this_update: dt.datetime, base_number: int | None) -> crl_core.CRLSpec:
+        c = self.cfg.crl
+        delta = target.kind == "delta"
+        minutes = c.delta_validity_minutes if delta else c.full_validity_minutes
+        idp = None
+        if target.partition is not None:
+            # the same URL as the certificates' cRLDistributionPoints (RFC 5280 5.2.5); a delta has the
+            # same IDP as its base (same scope, 5.2.4)
+            idp = self.profiles[target.issuer.ca_id].crl_url(partition_name(target.issuer.generation,
+                                                                            target.partition))
+        freshest = None
+        if not delta and self.cfg.issuance.publish_deltas:
+            freshest = self.url(Target(target.issuer, target.scope, "delta").path)
+        return crl_core.CRLSpec(issuer=target.issuer, number=number, this_update=this_update,
+                                next_update=this_update + dt.timedelta(minutes=minutes), idp_url=idp,
+                                delta_base=base_number if delta else None, freshest_url=freshest)
+
+    # -- one CRL ---------------------------------------------------------------------------------
+    async def publish(self, target: Target, *, progress=None, due=None) -> Outcome:
+        """Publish one CRL. Skips (Outcome.skipped) when another publisher holds the scope's lease, when
+        ``due(last_of_this_kind, last_base)`` is given and says False under the lease, or for a delta
+        without a base. ``progress(n)`` is called as entries pass."""
+        started = time.perf_counter()
+        issuer = target.issuer
+        gen_id = issuer.db_id
+        async with self.rt.pool.acquire() as conn:
+            if not await crls.try_lease(conn, gen_id, target.scope):
+                return Outcome(target, None, "another publisher holds the lease")
+            try:
+                base = await crls.latest(conn, gen_id, target.scope, "base")
+                if due is not None:
+                    last = base if target.kind == "base" else await crls.latest(conn, gen_id, target.scope, "delta")
+                    if not due(last, base):
+                        return Outcome(target, None, "not due")
+                if target.kind == "delta" and base is None:
+                    return Outcome(target, None, "no base CRL yet")
+                if target.kind == "base":
+                    base = None
+                now = self.rt.clock.now()
+                async with conn.transaction():
+                    # online revocations accepted before this issue become effective in it
+                    await revocations.activate_pending(conn, now)
+                number = await crls.allocate_number(conn, gen_id, target.scope)
+                try:
+                    published = await self._issue(conn, target, number, now, base, progress)
+                except BaseException:
+                    CRL_PUBLISHED.labels(target.label, target.metric_kind, "error").inc()
+                    raise
+            finally:
+                await crls.release_lease(conn, gen_id, target.scope)
+        seconds = time.perf_counter() - started
+        kind = target.metric_kind
+        CRL_PUBLISHED.labels(target.label, kind, "ok").inc()
+        CRL_SECONDS.labels(target.label, kind).observe(seconds)
+        CRL_NUMBER.labels(target.label, kind).set(published.number)
+        CRL_ENTRIES.labels(target.label, kind).set(published.entries)
+        CRL_BYTES.labels(target.label, kind).set(published.bytes)
+        log.info("published %s number %d: %d entries, %d octets, %.3f s", target.path, published.number,
+                 published.entries, published.bytes, seconds)
+        return Outcome(target, published, None, seconds)
+
+    async def _issue(self, conn, target: Target, number: int, now: dt.datetime, base, progress):
+        final = self.out / target.path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in glob.glob(str(final.with_name(f".{final.name}.*.tmp"))):  # a crashed run's leftovers
+            os.unlink(stale)
+        spec = self.spec(target, number, now, base.number if base else None)
+        writer = None
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                snapshot = await crls.begin_snapshot(conn)
+                if target.kind == "base":
+                    count, size = await crls.count_entries(conn, target.issuer.db_id, target.partition, now)
+                    writer = _Writer(final, spec, count, size)
+                    async for n, der in crls.stream_entries(conn, target.issuer.db_id, target.partition, now,
+                                                            self.cfg.crl.page_rows):
+                        await writer.add(n, der)
+                        if progress:
+                            progress(n)
+                else:
+                    changes = await crls.changes_since(conn, target.issuer.db_id, target.partition,
+                                                       base.snapshot, now)
+                    entries = [c.entry_der if c.entry_der is not None else
+                               crl_core.remove_from_crl_entry(int.from_bytes(c.serial, "big"), c.revoked_at)
+                               for c in changes]
+                    data = b"".join(entries)
+                    writer = _Writer(final, spec, len(entries), len(data))
+                    if entries:
+                        await writer.add(len(entries), data)
+                    if progress:
+                        progress(len(entries))
+            digest = await writer.finish_tbs()
+            signature = await self.rt.signer.sign_digest(target.issuer.key_label, target.issuer.algorithm, digest)
+            size = await writer.finish(signature)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        async with conn.transaction():
+            rid = await crls.record_published(
+                conn, generation_id=target.issuer.db_id, scope=target.scope, kind=target.kind, number=number,
+                base_id=base.id if base else None, this_update=now, next_update=spec.next_update,
+                snapshot=snapshot, entries=writer.count, size=size, sha256=digest, path=target.path)
+        return crls.PublishedCRL(rid, target.issuer.db_id, target.scope, target.kind, number,
+                                 base.id if base else None, now, spec.next_update, snapshot, writer.count, size,
+                                 digest, target.path)
+
+    # -- many CRLs -------------------------------------------------------------------------------
+    def generations(self, ca_ids=("signing", "auth")) -> list[Issuer]:
+        """CA generations that still publish: every generation whose CA certificate has not expired."""
+        now = self.rt.clock.now()
+        return [i for ca in ca_ids for i in self.rt.issuers.generations(ca) if i.not_after > now]
+
+    async def targets(self, issuer: Issuer, kind: str, partitions: list[int] | None = None,
+                      full: bool = True) -> list[Target]:
+        if partitions is None:
+            async with self.rt.pool.acquire() as conn:
+                partitions = await crls.partitions(conn, issuer.db_id)
+        scopes = ([crls.FULL] if full else []) + [crls.partition_scope(p) for p in partitions]
+        return [Target(issuer, s, kind) for s in scopes]
+
+    async def publish_many(self, targets: list[Target], *, progress=None) -> list[Outcome]:
+        out = []
+        for target in targets:
+            out.append(await self.publish(target, progress=progress))
+        return out
+
+    async def run_due(self) -> list[Outcome]:
+        """One scheduler pass, for every publishing CA generation and scope: a complete CRL when due (or
+        never published: a new partition); a delta when the last one is due or older than the latest
+        base (so that the delta a certificate names always matches the current base). Due-ness is
+        checked again under each lease, so several schedulers publish each CRL once."""
+        c = self.cfg.crl
+        now = self.rt.clock.now()
+        full_due = now - dt.timedelta(minutes=c.full_interval_minutes)
+        delta_due = now - dt.timedelta(minutes=c.delta_interval_minutes)
+
+        def base_due(last, _base):
+            return last is None or last.this_update <= full_due
+
+        def delta_is_due(last, base):
+            return base is not None and (last is None or last.number < base.number or last.this_update <= delta_due)
+
+        done = []
+        for issuer in self.generations():
+            async with self.rt.pool.acquire() as conn:
+                latest = await crls.latest_by_scope(conn, issuer.db_id)
+            for target in await self.targets(issuer, "base"):
+                base = latest.get((target.scope, "base"))
+                if base_due(base, base):
+                    outcome = await self.publish(target, due=base_due)
+                    done.append(outcome)
+                    base = outcome.published or base
+                if self.cfg.issuance.publish_deltas and delta_is_due(latest.get((target.scope, "delta")), base):
+                    done.append(await self.publish(Target(issuer, target.scope, "delta"), due=delta_is_due))
+        return done
