@@ -85,10 +85,17 @@ async def read_body(request: web.Request, limit: int, content_types: tuple[str, 
                                           field="Content-Type")
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLarge(f"body larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise errors.PayloadTooLarge(f"body larger than {limit} bytes")
-    return body
+    # StreamReader.read(n) returns what has arrived (up to n bytes), not n bytes: read until EOF.
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(min(limit + 1 - size, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"body larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 def _field(loc) -> str:

@@ -75,3 +75,32 @@ async def in_force(rt, serial: int):
 
 def rhash(rt, code: str) -> bytes:
     return resident_hash(rt.resident_key, code)
+
+
+async def synthetic_residents(rt, n: int, kinds=("signing", "auth")) -> dict[str, dict[str, int]]:
+    """``n`` residents with certificate rows inserted directly (no signature: for volume tests of the
+    feed, where only the rows matter). Returns resident code -> kind -> serial."""
+    import datetime as dt
+
+    from ca_core.serials import new_serial
+    from storage import certificates
+
+    now = rt.clock.now()
+    out, records = {}, []
+    async with rt.pool.acquire() as conn:
+        ids = await certificates.allocate_ids(conn, n * len(kinds))
+        it = iter(ids)
+        for _ in range(n):
+            code = "".join(secrets.choice("0123456789") for _ in range(11))
+            out[code] = {}
+            for kind in kinds:
+                cid, serial = next(it), new_serial()
+                out[code][kind] = serial
+                records.append((cid, rt.issuers.current(kind).db_id, serial.to_bytes(16, "big"), kind,
+                                rhash(rt, code), "131016", cid // rt.cfg.issuance.partition_size,
+                                now - dt.timedelta(days=1), now + dt.timedelta(days=3650), b"\x30\x00"))
+        await conn.copy_records_to_table(
+            "certificate", records=records,
+            columns=["id", "ca_generation_id", "serial", "kind", "resident_hash", "municipality_code", "partition",
+                     "not_before", "not_after", "der"])
+    return out

@@ -1,0 +1,47 @@
+"""A batch of 100,000 feed events in one request (MISSION scale: millions of moves a year)."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from tests.helpers import resident_code
+
+N = 100_000
+WITH_CERTS = 5_000
+
+
+async def test_hundred_thousand_events_in_one_batch(http, feed_token, rt):
+    from tests.integration.revocation_support import synthetic_residents
+
+    residents = await synthetic_residents(rt, WITH_CERTS)
+    kinds = ["moved", "died", "address_notation_changed", "municipal_merger", "emigrated"]
+    events, expected_revoked = [], set()
+    for i, (code, serials) in enumerate(residents.items()):
+        kind = kinds[i % len(kinds)]
+        events.append({"event_id": f"big-{secrets.token_hex(6)}-{i}", "resident_code": code, "kind": kind,
+                       "occurred_at": "2025-03-01T00:00:00Z"})
+        if kind in ("moved", "address_notation_changed"):
+            expected_revoked.add(serials["signing"])
+        elif kind in ("died", "emigrated"):
+            expected_revoked.update(serials.values())
+    for i in range(N - WITH_CERTS):
+        events.append({"event_id": f"big-n-{secrets.token_hex(6)}-{i}", "resident_code": resident_code(),
+                       "kind": "moved", "occurred_at": "2025-03-01T00:00:00Z"})
+    data = json.dumps({"events": events}).encode()
+    started = time.perf_counter()
+    resp = await http.post("/v1/residency-events", data=data, headers={
+        "Authorization": f"Bearer {feed_token}", "Content-Type": "application/json"})
+    body = await resp.json()
+    elapsed = time.perf_counter() - started
+    assert resp.status == 200, body
+    print(f"\n100,000 feed events applied in {elapsed:.1f} s ({len(data) / 1e6:.1f} MB)")
+    assert len(body["results"]) == N
+    assert body["summary"] == {"applied": WITH_CERTS, "duplicate": 0, "no_certificate": N - WITH_CERTS, "rejected": 0}
+    all_serials = [s.to_bytes(16, "big") for serials in residents.values() for s in serials.values()]
+    async with rt.pool.acquire() as conn:
+        revoked = await conn.fetch("SELECT serial FROM certificate WHERE serial = ANY($1::bytea[]) AND status = 'revoked'",
+                                   all_serials)
+        rows = await conn.fetchval("SELECT count(*) FROM revocation WHERE serial = ANY($1::bytea[])", all_serials)
+    assert {int.from_bytes(r["serial"], "big") for r in revoked} == expected_revoked
+    assert rows == len(expected_revoked)
