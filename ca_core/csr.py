@@ -15,6 +15,7 @@ MAX_CSR_PEM = 16384
 @dataclass(frozen=True)
 class CheckedCSR:
     spki_der: bytes
+    key_id: bytes  # subjectKeyIdentifier (RFC 5280 4.2.1.2 method 1)
     key_bits: int
 
 
@@ -54,4 +55,5 @@ def check_csr(pem: str, *, field: str, rsa_key_sizes: tuple[int, ...]) -> Checke
         raise InvalidRequest(f"{field}: the request's signature does not verify (no proof of possession)",
                              field=field, code="csr_signature_invalid")
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return CheckedCSR(spki_der=spki, key_bits=key.key_size)
+    return CheckedCSR(spki_der=spki, key_id=x509.SubjectKeyIdentifier.from_public_key(key).digest,
+                      key_bits=key.key_size)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from asn1crypto import core, keys, x509
 
+from . import der
 from .algorithms import SignatureAlgorithm
 from .ca import Issuer, key_identifier
 from .clock import JST, UTC
@@ -82,28 +83,33 @@ def x509_time(value: dt.datetime) -> x509.Time:
     return x509.Time(name="general_time", value=value)
 
 
-def end_entity_subject(kind: str, prefecture: str | None, municipality: str | None, issue_id: str) -> x509.Name:
-    """signing: C=JP, L=prefecture, L=municipality, CN=issue id; auth: C=JP, CN=id."""
+_NAME_OIDS = {attr: der.tlv(der.OID, core.ObjectIdentifier(oid).contents) for attr, oid in
+              (("C", "2.5.4.6"), ("L", "2.5.4.7"), ("CN", "2.5.4.3"))}
+
+
+def _rdn(attr: str, value: str) -> bytes:
+    text = der.tlv(der.PRINTABLE_STRING, value.encode("ascii")) if attr == "C" else der.utf8(value)
+    return der.tlv(der.SET, der.sequence(_NAME_OIDS[attr], text))
+
+
+def end_entity_subject(kind: str, prefecture: str | None, municipality: str | None, issue_id: str) -> bytes:
+    """Subject DER. signing: C=JP, L=prefecture, L=municipality, CN=issue id; auth: C=JP, CN=id."""
     if kind == "signing":
-        return build_name((("C", "JP"), ("L", prefecture), ("L", municipality), ("CN", issue_id)))
-    return build_name((("C", "JP"), ("CN", issue_id)))
+        return der.sequence(_rdn("C", "JP"), _rdn("L", prefecture), _rdn("L", municipality), _rdn("CN", issue_id))
+    return der.sequence(_rdn("C", "JP"), _rdn("CN", issue_id))
 
 
-def _other_name(oid: str, value: str) -> x509.GeneralName:
-    return x509.GeneralName(name="other_name", value=x509.AnotherName({
-        "type_id": oid, "value": core.UTF8String(value, explicit=0)}))
+_SAN_OID = der.tlv(der.OID, core.ObjectIdentifier("2.5.29.17").contents)
+_SKI_OID = der.tlv(der.OID, core.ObjectIdentifier("2.5.29.14").contents)
+_BASIC4_OIDS = [der.tlv(der.OID, core.ObjectIdentifier(oid).contents) for oid in
+                (OID_NAME, OID_NAME_SUBSTITUTES, OID_SEX, OID_BIRTH_DATE, OID_ADDRESS, OID_ADDRESS_SUBSTITUTES)]
 
 
-def basic4_alt_names(info: BasicFour) -> x509.GeneralNames:
-    """The six otherName values of the signing certificate's subjectAltName, all UTF8String."""
-    return x509.GeneralNames([
-        _other_name(OID_NAME, info.name),
-        _other_name(OID_NAME_SUBSTITUTES, info.name_substitutes),
-        _other_name(OID_SEX, info.sex),
-        _other_name(OID_BIRTH_DATE, info.birth_date),
-        _other_name(OID_ADDRESS, info.address),
-        _other_name(OID_ADDRESS_SUBSTITUTES, info.address_substitutes),
-    ])
+def basic4_alt_names(info: BasicFour) -> bytes:
+    """subjectAltName extension DER: six otherName values, each [0] EXPLICIT UTF8String (RFC 5280 4.2.1.6)."""
+    values = (info.name, info.name_substitutes, info.sex, info.birth_date, info.address, info.address_substitutes)
+    names = b"".join(der.context(0, oid + der.context(0, der.utf8(v))) for oid, v in zip(_BASIC4_OIDS, values))
+    return der.sequence(_SAN_OID, der.octet_string(der.sequence(names)))
 
 
 def _ext(name: str, value, critical: bool = False) -> x509.Extension:
@@ -146,28 +152,50 @@ def _tbs(serial: int, alg: SignatureAlgorithm, issuer_name: x509.Name, subject: 
     })
 
 
-def end_entity_tbs(profile: CertificateProfile, issuer: Issuer, *, serial: int, spki_der: bytes,
-                   subject: x509.Name, basic4: BasicFour | None, not_before: dt.datetime,
-                   not_after: dt.datetime, partition: str) -> x509.TbsCertificate:
-    """TBSCertificate of a resident's certificate of ``profile.kind``."""
-    spki = keys.PublicKeyInfo.load(spki_der)
-    usage = {"digital_signature", "non_repudiation"} if profile.kind == "signing" else {"digital_signature"}
-    exts = [
-        _ext("key_usage", x509.KeyUsage(usage), critical=True),
-        _ext("certificate_policies", _policies(profile.policy_oid, profile.cps_uri), critical=True),
-    ]
-    if profile.kind == "signing":
-        if basic4 is None:
-            raise ValueError("a signing certificate needs the basic 4 information")
-        exts.append(_ext("subject_alt_name", basic4_alt_names(basic4)))
-    exts.append(_ext("issuer_alt_name", x509.GeneralNames([
-        x509.GeneralName(name="directory_name", value=profile.issuer_alt_name)])))
-    exts.append(_ext("crl_distribution_points", _distribution_points(profile.crl_url(partition))))
-    if profile.publish_deltas:
-        exts.append(_ext("freshest_crl", _distribution_points(profile.delta_crl_url(partition))))
-    exts.append(_ext("authority_key_identifier", _aki(issuer)))
-    exts.append(_ext("key_identifier", core.OctetString(key_identifier(spki))))
-    return _tbs(serial, issuer.algorithm, issuer.name, subject, spki, not_before, not_after, exts)
+_V3 = der.context(0, der.integer(2))
+
+
+class CertificateTemplate:
+    """The constant DER of one profile under one issuer, encoded once; ``tbs`` writes only what varies
+    (asn1crypto would rebuild the whole tree for every certificate, milliseconds each)."""
+
+    def __init__(self, profile: CertificateProfile, issuer: Issuer):
+        self.profile = profile
+        self.issuer = issuer
+        usage = {"digital_signature", "non_repudiation"} if profile.kind == "signing" else {"digital_signature"}
+        self._signature_and_issuer = issuer.algorithm.identifier().dump() + issuer.name_der
+        self._head_extensions = (
+            _ext("key_usage", x509.KeyUsage(usage), critical=True).dump()
+            + _ext("certificate_policies", _policies(profile.policy_oid, profile.cps_uri), critical=True).dump())
+        self._issuer_alt_name = _ext("issuer_alt_name", x509.GeneralNames([
+            x509.GeneralName(name="directory_name", value=profile.issuer_alt_name)])).dump()
+        self._aki = _ext("authority_key_identifier", _aki(issuer)).dump()
+        self._partitions: dict[str, bytes] = {}
+
+    def _partition_extensions(self, partition: str) -> bytes:
+        ext = self._partitions.get(partition)
+        if ext is None:
+            ext = _ext("crl_distribution_points", _distribution_points(self.profile.crl_url(partition))).dump()
+            if self.profile.publish_deltas:
+                ext += _ext("freshest_crl", _distribution_points(self.profile.delta_crl_url(partition))).dump()
+            self._partitions[partition] = ext
+        return ext
+
+    def tbs(self, *, serial: int, spki_der: bytes, key_id: bytes, subject_der: bytes, basic4: BasicFour | None,
+            not_before: dt.datetime, not_after: dt.datetime, partition: str) -> bytes:
+        """TBSCertificate DER of a resident's certificate (RFC 5280 4.1)."""
+        if self.profile.kind == "signing":
+            if basic4 is None:
+                raise ValueError("a signing certificate needs the basic 4 information")
+            san = basic4_alt_names(basic4)
+        else:
+            san = b""
+        extensions = (self._head_extensions + san + self._issuer_alt_name + self._partition_extensions(partition)
+                      + self._aki + der.sequence(_SKI_OID, der.octet_string(der.octet_string(key_id))))
+        return der.sequence(
+            _V3, der.integer(serial), self._signature_and_issuer,
+            der.sequence(der.time(not_before), der.time(not_after)),
+            subject_der, spki_der, der.context(3, der.sequence(extensions)))
 
 
 def root_tbs(*, ca_name: x509.Name, spki_der: bytes, alg: SignatureAlgorithm, serial: int,
@@ -208,10 +236,6 @@ def _short(rdn) -> str:
     return _SHORT[rdn[0]["type"].native]
 
 
-def assemble_certificate(tbs: x509.TbsCertificate, alg: SignatureAlgorithm, signature: bytes) -> bytes:
+def assemble_certificate(tbs_der: bytes, alg: SignatureAlgorithm, signature: bytes) -> bytes:
     """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue } (RFC 5280 4.1)."""
-    return x509.Certificate({
-        "tbs_certificate": tbs,
-        "signature_algorithm": alg.identifier(),
-        "signature_value": signature,
-    }).dump()
+    return der.sequence(tbs_der, alg.identifier().dump(), der.bit_string(signature))

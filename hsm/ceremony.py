@@ -48,9 +48,9 @@ async def create_root(signer: Signer, ca_id: str, generation: int, ca: CAConfig,
     not_after = now + dt.timedelta(days=ca.root_validity_days)
     tbs = root_tbs(ca_name=build_name(ca.subject), spki_der=spki, alg=alg, serial=new_serial(),
                    not_before=now, not_after=not_after)
-    der = tbs.dump()
-    sig = await signer.sign(label, alg, der)
-    return MadeCertificate(label, assemble_certificate(tbs, alg, sig), now, not_after)
+    tbs_der = tbs.dump()
+    sig = await signer.sign(label, alg, tbs_der)
+    return MadeCertificate(label, assemble_certificate(tbs_der, alg, sig), now, not_after)
 
 
 async def create_responder(signer: Signer, issuer: Issuer, ca: CAConfig, now: dt.datetime) -> MadeCertificate:
@@ -59,8 +59,9 @@ async def create_responder(signer: Signer, issuer: Issuer, ca: CAConfig, now: dt
     spki = await _key(signer, label, ca.key_type)
     not_after = min(now + dt.timedelta(days=ca.responder_validity_days), issuer.not_after)
     tbs = responder_tbs(issuer, spki_der=spki, serial=new_serial(), not_before=now, not_after=not_after)
-    sig = await signer.sign(issuer.key_label, issuer.algorithm, tbs.dump())
-    return MadeCertificate(label, assemble_certificate(tbs, issuer.algorithm, sig), now, not_after)
+    tbs_der = tbs.dump()
+    sig = await signer.sign(issuer.key_label, issuer.algorithm, tbs_der)
+    return MadeCertificate(label, assemble_certificate(tbs_der, issuer.algorithm, sig), now, not_after)
 
 
 __all__ = ["MadeCertificate", "create_root", "create_responder", "ca_key_label", "SignatureAlgorithm"]

@@ -20,8 +20,8 @@ from ca_core import errors
 from ca_core.clock import JST
 from ca_core.csr import check_csr
 from ca_core.municipality import prefecture_romaji, validate_code
-from ca_core.profiles import CertificateProfile, end_entity_subject, end_entity_tbs, partition_name, validity, \
-    assemble_certificate
+from ca_core.profiles import (CertificateProfile, CertificateTemplate, assemble_certificate, end_entity_subject,
+                              partition_name, validity)
 from ca_core.records import CertificateRecord
 from ca_core.resident import BasicFour, check_resident_code, check_signing_eligibility, resident_hash
 from ca_core.revocation import Reason
@@ -78,6 +78,13 @@ class IssuanceService:
         self.cfg = rt.cfg
         self.profiles = {kind: CertificateProfile.from_config(rt.cfg, kind) for kind in ("signing", "auth")}
         self._municipalities: dict[str, str] = {}
+        self._templates: dict[int, CertificateTemplate] = {}
+
+    def _template(self, issuer) -> CertificateTemplate:
+        template = self._templates.get(issuer.db_id)
+        if template is None:
+            template = self._templates[issuer.db_id] = CertificateTemplate(self.profiles[issuer.ca_id], issuer)
+        return template
 
     async def _municipality(self, conn, code: str) -> str:
         name = self._municipalities.get(code)
@@ -166,10 +173,11 @@ class IssuanceService:
             partition = cert_id // self.cfg.issuance.partition_size
             subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), municipality,
                                          serial_hex(serial).upper())
-            tbs = end_entity_tbs(self.profiles[kind], issuer, serial=serial, spki_der=csr.spki_der, subject=subject,
-                                 basic4=req.resident if kind == "signing" else None, not_before=not_before,
-                                 not_after=not_after, partition=partition_name(issuer.generation, partition))
-            signature = await rt.signer.sign(issuer.key_label, issuer.algorithm, tbs.dump())
+            tbs = self._template(issuer).tbs(
+                serial=serial, spki_der=csr.spki_der, key_id=csr.key_id, subject_der=subject,
+                basic4=req.resident if kind == "signing" else None, not_before=not_before, not_after=not_after,
+                partition=partition_name(issuer.generation, partition))
+            signature = await rt.signer.sign(issuer.key_label, issuer.algorithm, tbs)
             der = assemble_certificate(tbs, issuer.algorithm, signature)
             signed.append((kind, cert_id, issuer, serial, partition, der))
 

@@ -34,7 +34,7 @@ def make_issuer(ca_id: str = "signing", key_type: str = "rsa2048", generation: i
     name = build_name((("C", "JP"), ("O", "JPKI-TEST"), ("OU", f"JPKI {ca_id}")))
     tbs = root_tbs(ca_name=name, spki_der=spki, alg=alg, serial=12345, not_before=NOW,
                    not_after=NOW + dt.timedelta(days=3650))
-    der = assemble_certificate(tbs, alg, software_sign(key, alg, tbs.dump()))
+    der = assemble_certificate(tbs.dump(), alg, software_sign(key, alg, tbs.dump()))
     return Issuer(db_id=1, ca_id=ca_id, generation=generation, key_label=f"{ca_id}-g{generation}", algorithm=alg,
                   certificate_der=der), key
 

@@ -11,7 +11,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ca_core import config
 from ca_core.clock import JST, UTC
-from ca_core.profiles import (CertificateProfile, assemble_certificate, end_entity_subject, end_entity_tbs,
+from ca_core.profiles import (CertificateProfile, CertificateTemplate, assemble_certificate, end_entity_subject,
                               responder_tbs, validity)
 from ca_core.resident import BasicFour
 from tests.unit.conftest import NOW, software_sign
@@ -25,16 +25,26 @@ def _spki(key) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _kid(key) -> bytes:
+    return x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
+
+
+def _sign(profile, issuer, key, **fields):
+    fields.setdefault("key_id", _kid(fields["ee_key"]))
+    ee = fields.pop("ee_key")
+    tbs = CertificateTemplate(profile, issuer).tbs(spki_der=_spki(ee), **fields)
+    return x509.load_der_x509_certificate(assemble_certificate(tbs, issuer.algorithm,
+                                                               software_sign(key, issuer.algorithm, tbs)))
+
+
 def _issue(kind, issuer_and_key, ee_key, **over):
     issuer, key = issuer_and_key
     profile = CertificateProfile.from_config(CFG, kind)
     nb, na = validity(NOW, dt.date(1980, 5, 15), dt.date(2034, 1, 1))
     subject = end_entity_subject(kind, "Tokyo-to", "Chiyoda-ku", "ABCDEF0123")
-    tbs = end_entity_tbs(profile, issuer, serial=0x1234567890ABCDEF1234567890ABCDEF, spki_der=_spki(ee_key),
-                         subject=subject, basic4=INFO if kind == "signing" else None, not_before=nb,
-                         not_after=na, partition="g1-p7", **over)
-    der = assemble_certificate(tbs, issuer.algorithm, software_sign(key, issuer.algorithm, tbs.dump()))
-    return x509.load_der_x509_certificate(der), issuer
+    cert = _sign(profile, issuer, key, serial=0x1234567890ABCDEF1234567890ABCDEF, ee_key=ee_key, subject_der=subject,
+                 basic4=INFO if kind == "signing" else None, not_before=nb, not_after=na, partition="g1-p7", **over)
+    return cert, issuer
 
 
 def _ca(issuer):
@@ -107,9 +117,8 @@ def test_no_freshest_crl_when_deltas_are_off(signing_issuer, ee_key):
     issuer, key = signing_issuer
     cfg = CFG.replace(issuance=config.IssuanceConfig(publish_deltas=False))
     profile = CertificateProfile.from_config(cfg, "auth")
-    tbs = end_entity_tbs(profile, issuer, serial=5, spki_der=_spki(ee_key), subject=end_entity_subject("auth", None, None, "X"),
-                         basic4=None, not_before=NOW, not_after=NOW + dt.timedelta(days=1), partition="g1-p0")
-    cert = x509.load_der_x509_certificate(assemble_certificate(tbs, issuer.algorithm, software_sign(key, issuer.algorithm, tbs.dump())))
+    cert = _sign(profile, issuer, key, serial=5, ee_key=ee_key, subject_der=end_entity_subject("auth", None, None, "X"),
+                 basic4=None, not_before=NOW, not_after=NOW + dt.timedelta(days=1), partition="g1-p0")
     assert ExtensionOID.FRESHEST_CRL not in {e.oid for e in cert.extensions}
 
 
@@ -134,11 +143,10 @@ def test_generalized_time_after_2049(signing_issuer, ee_key):
     issuer, key = signing_issuer
     profile = CertificateProfile.from_config(CFG, "auth")
     end = dt.datetime(2051, 1, 1, tzinfo=UTC)
-    tbs = end_entity_tbs(profile, issuer, serial=5, spki_der=_spki(ee_key), subject=end_entity_subject("auth", None, None, "X"),
-                         basic4=None, not_before=NOW, not_after=end, partition="g1-p0")
-    cert = x509.load_der_x509_certificate(assemble_certificate(tbs, issuer.algorithm, software_sign(key, issuer.algorithm, tbs.dump())))
+    cert = _sign(profile, issuer, key, serial=5, ee_key=ee_key, subject_der=end_entity_subject("auth", None, None, "X"),
+                 basic4=None, not_before=NOW, not_after=end, partition="g1-p0")
     assert cert.not_valid_after_utc == end
-    assert tbs["validity"]["not_after"].name == "general_time"
+    assert b"\x18\x0f20510101000000Z" in cert.tbs_certificate_bytes  # GeneralizedTime from 2050
 
 
 def test_root_certificate(signing_issuer):
@@ -155,7 +163,8 @@ def test_responder_certificate(signing_issuer, ee_key):
     issuer, key = signing_issuer
     tbs = responder_tbs(issuer, spki_der=_spki(ee_key), serial=77, not_before=NOW,
                         not_after=NOW + dt.timedelta(days=30))
-    cert = x509.load_der_x509_certificate(assemble_certificate(tbs, issuer.algorithm, software_sign(key, issuer.algorithm, tbs.dump())))
+    cert = x509.load_der_x509_certificate(assemble_certificate(tbs.dump(), issuer.algorithm,
+                                                               software_sign(key, issuer.algorithm, tbs.dump())))
     cert.verify_directly_issued_by(_ca(issuer))
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
     assert list(eku.value) == [x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING]
