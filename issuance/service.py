@@ -26,7 +26,7 @@ from ca_core.records import CertificateRecord
 from ca_core.resident import BasicFour, check_resident_code, check_signing_eligibility, resident_hash
 from ca_core.revocation import Reason
 from ca_core.serials import new_serial, serial_bytes, serial_hex
-from storage import audit, certificates as cert_store, revocations as rev_store
+from storage import audit, certificates as cert_store, issuance as issuance_store, revocations as rev_store
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ class IssuanceService:
         self.rt = rt
         self.cfg = rt.cfg
         self.profiles = {kind: CertificateProfile.from_config(rt.cfg, kind) for kind in ("signing", "auth")}
-        self._municipalities: dict[str, str] = {}
         self._templates: dict[int, CertificateTemplate] = {}
 
     def _template(self, issuer) -> CertificateTemplate:
@@ -85,16 +84,6 @@ class IssuanceService:
         if template is None:
             template = self._templates[issuer.db_id] = CertificateTemplate(self.profiles[issuer.ca_id], issuer)
         return template
-
-    async def _municipality(self, conn, code: str) -> str:
-        name = self._municipalities.get(code)
-        if name is None:
-            name = await conn.fetchval("SELECT name_romaji FROM municipality WHERE code = $1", code)
-            if name is None:
-                raise errors.PolicyViolation(f"municipality {code} is not registered", field="municipality_code",
-                                             code="unknown_municipality")
-            self._municipalities[code] = name
-        return name
 
     def _validate(self, client, req: IssueRequest, now: dt.datetime):
         today = now.astimezone(JST).date()
@@ -139,15 +128,15 @@ class IssuanceService:
         ISSUE_LATENCY.labels(kinds_label).observe(time.perf_counter() - started)
         return result
 
-    async def _replay(self, conn, client, req: IssueRequest) -> IssueResult | None:
-        row = await conn.fetchrow("SELECT id, body_hash FROM issuance WHERE client_id = $1 AND request_id = $2",
-                                  client.id, req.request_id)
-        if row is None:
+    async def _replay(self, conn, req: IssueRequest, found: tuple[int, bytes] | None) -> IssueResult | None:
+        """The answer to a request whose request_id was seen before (same body), else None."""
+        if found is None:
             return None
-        if bytes(row["body_hash"]) != req.body_hash():
+        issuance_id, body_hash = found
+        if body_hash != req.body_hash():
             raise errors.Conflict("request_id was already used with a different body", field="request_id",
                                   code="idempotency_conflict")
-        certs = await cert_store.of_issuance(conn, row["id"])
+        certs = await cert_store.of_issuance(conn, issuance_id)
         return IssueResult(False, [IssuedCertificate.of(c) for c in certs])
 
     async def _issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
@@ -156,60 +145,58 @@ class IssuanceService:
         birth, card_expiry, csrs = self._validate(client, req, now)
         rhash = resident_hash(rt.resident_key, req.resident_code)
         async with rt.pool.acquire() as conn:
-            replay = await self._replay(conn, client, req)
-            if replay is not None:
-                return replay
-            municipality = await self._municipality(conn, req.municipality_code)
-            ids = await cert_store.allocate_ids(conn, len(csrs))
+            pre = await issuance_store.preflight(conn, client_id=client.id, request_id=req.request_id,
+                                                 municipality_code=req.municipality_code, count=len(csrs))
+            if pre.existing_id is not None:
+                return await self._replay(conn, req, (pre.existing_id, pre.existing_hash))
+        if pre.municipality_name is None:
+            raise errors.PolicyViolation(f"municipality {req.municipality_code} is not registered",
+                                         field="municipality_code", code="unknown_municipality")
 
         not_before, not_after = validity(now, birth, card_expiry)
-        signed = []
-        for (kind, csr), cert_id in zip(csrs.items(), ids):
+        signed: list[issuance_store.NewCertificate] = []
+        for (kind, csr), cert_id in zip(csrs.items(), pre.certificate_ids):
             issuer = rt.issuers.current(kind)
             if issuer is None:
                 raise errors.Unavailable(f"the {kind} CA has no key yet; run the key ceremony",
                                          code="ca_not_ready")
             serial = new_serial()
             partition = cert_id // self.cfg.issuance.partition_size
-            subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), municipality,
+            subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), pre.municipality_name,
                                          serial_hex(serial).upper())
             tbs = self._template(issuer).tbs(
                 serial=serial, spki_der=csr.spki_der, key_id=csr.key_id, subject_der=subject,
                 basic4=req.resident if kind == "signing" else None, not_before=not_before, not_after=not_after,
                 partition=partition_name(issuer.generation, partition))
             signature = await rt.signer.sign(issuer.key_label, issuer.algorithm, tbs)
-            der = assemble_certificate(tbs, issuer.algorithm, signature)
-            signed.append((kind, cert_id, issuer, serial, partition, der))
+            signed.append(issuance_store.NewCertificate(
+                id=cert_id, ca_generation_id=issuer.db_id, serial=serial_bytes(serial), kind=kind,
+                partition=partition, der=assemble_certificate(tbs, issuer.algorithm, signature),
+                issuer_label=f"{issuer.ca_id}-g{issuer.generation}"))
 
         try:
             async with rt.pool.acquire() as conn:
                 async with conn.transaction():
-                    issuance_id = await conn.fetchval(
-                        "INSERT INTO issuance (client_id, request_id, body_hash, operator_id) VALUES ($1,$2,$3,$4)"
-                        " ON CONFLICT (client_id, request_id) DO NOTHING RETURNING id",
-                        client.id, req.request_id, req.body_hash(), operator_id)
+                    issuance_id = await issuance_store.claim(conn, client_id=client.id, request_id=req.request_id,
+                                                             body_hash=req.body_hash(), operator_id=operator_id)
                     if issuance_id is None:
                         raise _Raced()
-                    for kind, cert_id, issuer, serial, partition, der in signed:
-                        for old in await cert_store.live_of_resident(conn, rhash, (kind,), for_update=True):
-                            await rev_store.apply_revocation(
-                                conn, old, reason=Reason.superseded, at=now, effective_at=now,
-                                source="supersede", source_ref=req.request_id)
-                            await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
-                                               serial=serial_bytes(old.serial), request_id=req.request_id,
-                                               details={"reason": "superseded", "by": serial_hex(serial)})
-                        await cert_store.insert(conn, id=cert_id, ca_generation_id=issuer.db_id, serial=serial,
-                                                kind=kind, resident_hash=rhash,
-                                                municipality_code=req.municipality_code, partition=partition,
-                                                not_before=not_before, not_after=not_after, der=der,
-                                                issuance_id=issuance_id)
-                        await audit.record(conn, action="issue", client_id=client.id, operator_id=operator_id,
-                                           serial=serial_bytes(serial), request_id=req.request_id,
-                                           details={"kind": kind, "issuer": f"{issuer.ca_id}-g{issuer.generation}",
-                                                    "partition": partition})
+                    # Renewal: the resident's previous certificate of the same kind is revoked (superseded).
+                    for old in await cert_store.live_of_resident(conn, rhash, [c.kind for c in signed],
+                                                                 for_update=True):
+                        await rev_store.apply_revocation(conn, old, reason=Reason.superseded, at=now, effective_at=now,
+                                                         source="supersede", source_ref=req.request_id)
+                        await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
+                                           serial=serial_bytes(old.serial), request_id=req.request_id,
+                                           details={"reason": "superseded"})
+                    await issuance_store.insert_certificates(
+                        conn, signed, issuance_id=issuance_id, resident_hash=rhash,
+                        municipality_code=req.municipality_code, not_before=not_before, not_after=not_after,
+                        client_id=client.id, operator_id=operator_id, request_id=req.request_id)
         except _Raced:
             async with rt.pool.acquire() as conn:
-                replay = await self._replay(conn, client, req)
+                found = await issuance_store.find(conn, client_id=client.id, request_id=req.request_id)
+                replay = await self._replay(conn, req, found)
             if replay is None:
                 raise errors.Conflict("a request with this request_id is being processed; retry",
                                       field="request_id", code="request_in_progress") from None
@@ -222,8 +209,8 @@ class IssuanceService:
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             log.error("issuance not recorded, database failed: %s", type(exc).__name__)
             raise errors.Unavailable("the database is unavailable; nothing was issued") from None
-        return IssueResult(True, [IssuedCertificate(kind, serial, der, not_after)
-                                  for kind, _id, _iss, serial, _p, der in signed])
+        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der, not_after)
+                                  for c in signed])
 
 
 class _Raced(Exception):

@@ -250,13 +250,13 @@ async def test_token_failure_gives_503_and_records_nothing(http, terminal, keys,
 
 
 async def test_database_failure_after_signing_records_nothing(http, terminal, keys, rt, monkeypatch):
-    from storage import certificates as cert_store
+    from storage import issuance as issuance_store
 
     async def failing_insert(*_a, **_k):
         raise ConnectionResetError("connection lost")
 
     before = await _totals(rt)
-    monkeypatch.setattr(cert_store, "insert", failing_insert)
+    monkeypatch.setattr(issuance_store, "insert_certificates", failing_insert)
     resp = await http.post("/v1/certificates", json=issue_body(keys), headers=headers(terminal))
     assert resp.status == 503
     assert await _totals(rt) == before

@@ -1,0 +1,71 @@
+"""Issuance records: the idempotency key, certificate rows and their audit records, in few round trips."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What issuance needs before signing, read in one round trip."""
+
+    existing_id: int | None  # an earlier issuance with the same request_id
+    existing_hash: bytes | None
+    municipality_name: str | None
+    certificate_ids: list[int]  # fresh ids; an id decides the CRL partition
+
+
+async def preflight(conn, *, client_id: int, request_id: str, municipality_code: str, count: int) -> Preflight:
+    row = await conn.fetchrow(
+        "SELECT i.id, i.body_hash,"
+        " (SELECT name_romaji FROM municipality WHERE code = $3) AS municipality,"
+        " ARRAY(SELECT nextval('certificate_id_seq') FROM generate_series(1, $4)) AS ids"
+        " FROM (SELECT 1) AS one LEFT JOIN issuance i ON i.client_id = $1 AND i.request_id = $2",
+        client_id, request_id, municipality_code, count)
+    return Preflight(row["id"], bytes(row["body_hash"]) if row["body_hash"] is not None else None,
+                     row["municipality"], list(row["ids"]))
+
+
+async def find(conn, *, client_id: int, request_id: str) -> tuple[int, bytes] | None:
+    row = await conn.fetchrow("SELECT id, body_hash FROM issuance WHERE client_id = $1 AND request_id = $2",
+                              client_id, request_id)
+    return (row["id"], bytes(row["body_hash"])) if row else None
+
+
+async def claim(conn, *, client_id: int, request_id: str, body_hash: bytes, operator_id: str) -> int | None:
+    """Insert the idempotency record; None when another request with this id committed first."""
+    return await conn.fetchval(
+        "INSERT INTO issuance (client_id, request_id, body_hash, operator_id) VALUES ($1,$2,$3,$4)"
+        " ON CONFLICT (client_id, request_id) DO NOTHING RETURNING id",
+        client_id, request_id, body_hash, operator_id)
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    id: int
+    ca_generation_id: int
+    serial: bytes
+    kind: str
+    partition: int
+    der: bytes
+    issuer_label: str  # e.g. "signing-g1", for the audit record
+
+
+async def insert_certificates(conn, certs: list[NewCertificate], *, issuance_id: int, resident_hash: bytes,
+                              municipality_code: str, not_before: dt.datetime, not_after: dt.datetime,
+                              client_id: int, operator_id: str, request_id: str) -> None:
+    """Insert the certificates and one audit record each, in one statement."""
+    await conn.execute(
+        "WITH c AS (INSERT INTO certificate (id, ca_generation_id, serial, kind, resident_hash, municipality_code,"
+        "  partition, not_before, not_after, der, issuance_id)"
+        "  SELECT u.id, u.gen, u.serial, u.kind, $5, $6, u.part, $7, $8, u.der, $9"
+        "  FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::text[], $10::int[], $11::bytea[])"
+        "   AS u(id, gen, serial, kind, part, der)"
+        "  RETURNING serial, kind, partition, ca_generation_id)"
+        " INSERT INTO audit_log (client_id, operator_id, action, serial, request_id, details)"
+        " SELECT $12, $13, 'issue', c.serial, $14, jsonb_build_object('kind', c.kind, 'partition', c.partition,"
+        "  'issuer', l.label) FROM c JOIN unnest($2::int[], $15::text[]) AS l(gen, label) ON l.gen = c.ca_generation_id",
+        [c.id for c in certs], [c.ca_generation_id for c in certs], [c.serial for c in certs],
+        [c.kind for c in certs], resident_hash, municipality_code, not_before, not_after, issuance_id,
+        [c.partition for c in certs], [c.der for c in certs], client_id, operator_id, request_id,
+        [c.issuer_label for c in certs])
