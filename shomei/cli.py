@@ -23,13 +23,18 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("yoyo").setLevel(logging.WARNING)
 
 
-def _config(prepare: bool = True):
-    """Load configuration; in the embedded default, start PostgreSQL and the token under var/."""
-    from shomei.runtime import prepare_embedded
+def _config(prepare: bool = True, *, stop_at_exit: bool = True):
+    """Load configuration; in the embedded default, start PostgreSQL and the token under var/ (and stop
+    PostgreSQL again when the command ends, if this command started it)."""
+    import atexit
+
+    from shomei.runtime import prepare_embedded, stop_embedded
 
     cfg = config_mod.load()
     if cfg.embedded and prepare:
-        cfg = prepare_embedded(cfg)
+        cfg, started = prepare_embedded(cfg)
+        if started and stop_at_exit:
+            atexit.register(stop_embedded, cfg)
     return cfg
 
 
@@ -246,8 +251,6 @@ def serve(workers: int | None) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _terminate)  # so that start-up interrupted by SIGTERM still cleans up
-    embedded = False
-    cfg = None
     try:
         embedded = config_mod.load().embedded
         cfg = _config()
@@ -267,10 +270,7 @@ def serve(workers: int | None) -> None:
         _fail(exc)
     except KeyboardInterrupt:
         pass
-    finally:
-        if embedded and cfg is not None:
-            from shomei.runtime import stop_embedded
-            stop_embedded(cfg)
+    # The embedded PostgreSQL, if this command started it, stops at exit (see _config).
 
 
 def _serve_processes(cfg, n: int) -> None:

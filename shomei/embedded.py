@@ -70,6 +70,7 @@ class EmbeddedPostgres:
         self.port = port
         self.password_file = self.root / "password"
         self.user = "shomei"
+        self.started_here = False  # True when ensure_started started the server (so we stop it)
         self._run_as = None
         if os.geteuid() == 0:
             try:
@@ -121,6 +122,7 @@ class EmbeddedPostgres:
         if not self.running():
             res = self._cmd(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                             "-o", f"-p {self.port}", "-w", "-t", "60", "start", check=False)
+            self.started_here = res.returncode == 0
             if res.returncode:
                 tail = ""
                 log_file = self.root / "server.log"

@@ -47,11 +47,13 @@ class Runtime:
         await self.signer.close()
 
 
-def prepare_embedded(cfg: Config) -> Config:
-    """Start (or reuse) the embedded PostgreSQL and SoftHSM token under var/; returns the filled-in config."""
+def prepare_embedded(cfg: Config) -> tuple[Config, bool]:
+    """Start (or reuse) the embedded PostgreSQL and SoftHSM token under var/; returns the filled-in config
+    and whether this call started PostgreSQL (then the caller stops it with stop_embedded)."""
     var = Path(cfg.var_dir).resolve()
     var.mkdir(parents=True, exist_ok=True)
-    url = EmbeddedPostgres(var / "pg", EMBEDDED_PG_PORT).ensure_started()
+    pg = EmbeddedPostgres(var / "pg", EMBEDDED_PG_PORT)
+    url = pg.ensure_started()
     token = EmbeddedToken(var / "softhsm").ensure()
     key_file = var / "resident-hash.key"
     if not key_file.exists():
@@ -60,7 +62,7 @@ def prepare_embedded(cfg: Config) -> Config:
         database_url=url,
         hsm=dataclasses.replace(cfg.hsm, module=token.module, token_label=token.label, pin_file=token.pin_file),
         security=dataclasses.replace(cfg.security, resident_hash_key_file=str(key_file)),
-    )
+    ), pg.started_here
 
 
 def stop_embedded(cfg: Config) -> None:

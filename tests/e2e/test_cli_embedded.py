@@ -1,0 +1,46 @@
+"""Operator commands on the embedded default: the ceremony is idempotent, `ca list` shows fingerprints,
+a rollover adds a generation with the same name and a new key, and no command leaves PostgreSQL running."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from shomei.embedded import free_port
+from tests.e2e.test_embedded_serve import EXE, _env
+
+
+def _run(env, *args):
+    res = subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def _pg_running(var) -> bool:
+    return (var / "pg" / "data" / "postmaster.pid").exists()
+
+
+@pytest.mark.slow
+def test_ceremony_list_rollover(tmp_path):
+    var = tmp_path / "var"
+    env = _env(var, free_port(), free_port())
+    out = _run(env, "ceremony")
+    assert "created CA signing generation 1" in out and "created CA auth generation 1" in out
+    assert "OCSP responder" in out
+    assert not _pg_running(var)
+    assert "nothing to do" in _run(env, "ceremony")
+
+    listing = _run(env, "ca", "list")
+    assert listing.count("SHA-256") == 2 and "signing  g1 current" in listing
+
+    assert "generation 2 is now current" in _run(env, "ca", "rollover", "--ca", "signing")
+    listing = _run(env, "ca", "list")
+    assert "signing  g1 previous" in listing and "signing  g2 current" in listing and "auth     g1 current" in listing
+    assert not _pg_running(var)
+
+    # both generations carry the same name and different keys
+    blocks = [b for b in listing.split("\n") if b.startswith("signing")]
+    names = [listing.split("\n")[i + 2] for i, line in enumerate(listing.split("\n")) if line.startswith("signing")]
+    key_ids = [line.split("key id ")[1].split()[0] for line in blocks]
+    assert len(set(names)) == 1 and "JPKI for digital signature" in names[0]
+    assert len(set(key_ids)) == 2
