@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from asn1crypto import cms
+from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -239,7 +239,7 @@ def _parse(der: bytes, expected: str) -> Application:
     encap = sd["encap_content_info"]
     if encap["content_type"].native != "data":
         raise _malformed(expected, "eContentType")
-    if encap["content"].native is None:  # detached content is not accepted
+    if isinstance(encap["content"], core.Void):  # detached content is not accepted
         raise _malformed(expected, "eContent")
     content = encap["content"].native
     if not isinstance(content, bytes):
@@ -249,7 +249,7 @@ def _parse(der: bytes, expected: str) -> Application:
         raise _malformed(expected, "signerInfos")
     signer = signers[0]
     certs = sd["certificates"]
-    if certs.native is None or len(certs) == 0:
+    if isinstance(certs, core.Void) or len(certs) == 0:  # .native would decode every certificate
         raise _malformed(expected, "certificates")
     if len(certs) > 4:
         raise _malformed(expected, "certificates")
@@ -263,7 +263,7 @@ def _parse(der: bytes, expected: str) -> Application:
         raise _malformed(expected, "signatureAlgorithm")
     attrs = signer["signed_attrs"]
     message_digest = None
-    if attrs.native is not None and len(attrs):
+    if not isinstance(attrs, core.Void) and len(attrs):
         values = {}
         for attr in attrs:
             name = attr["type"].native

@@ -16,9 +16,8 @@ ALTER TABLE revocation DROP CONSTRAINT revocation_release_kind_check;
 ALTER TABLE revocation ADD CONSTRAINT revocation_release_kind_check
     CHECK (release_kind IN ('hold_released', 'hold_revoked', 'pending_replaced'));
 
--- Status history for delta CRLs and OCSP: entries that came into force / left since a time.
-CREATE INDEX revocation_effective_at ON revocation (ca_generation_id, effective_at);
-CREATE INDEX revocation_released_at ON revocation (ca_generation_id, released_at) WHERE released_at IS NOT NULL;
+-- Status history (hold placed, released, turned into a revocation) is the revocation rows themselves:
+-- revoked_at/effective_at and released_at/release_kind; the CRL migration indexes what deltas read.
 
 -- Window requests (revocations, holds, hold releases), idempotent per terminal and request_id:
 -- the answer is stored with the work, in the same transaction, and replayed on a retry.
