@@ -39,13 +39,14 @@ class IssueBody(_Strict):
     signing_csr: str | None = None
     auth_csr: str | None = None
     adult_ward: bool = False
+    card_replaced: bool = False
 
     def to_request(self) -> IssueRequest:
         return IssueRequest(
             request_id=self.request_id, municipality_code=self.municipality_code,
             resident_code=self.resident_code, resident=BasicFour(**self.resident.model_dump()),
             card_expires_on=self.card_expires_on, signing_csr=self.signing_csr, auth_csr=self.auth_csr,
-            adult_ward=self.adult_ward)
+            adult_ward=self.adult_ward, card_replaced=self.card_replaced)
 
 
 def _pem(der: bytes) -> str:

@@ -47,6 +47,7 @@ class IssueRequest:
     signing_csr: str | None
     auth_csr: str | None
     adult_ward: bool = False
+    card_replaced: bool = False  # a new card: the old certificates are superseded whatever their expiry
 
     def body_hash(self) -> bytes:
         canonical = json.dumps(self.__dict__ | {"resident": self.resident.__dict__}, sort_keys=True,
@@ -146,12 +147,21 @@ class IssuanceService:
         rhash = resident_hash(rt.resident_key, req.resident_code)
         async with rt.pool.acquire() as conn:
             pre = await issuance_store.preflight(conn, client_id=client.id, request_id=req.request_id,
-                                                 municipality_code=req.municipality_code, count=len(csrs))
+                                                 municipality_code=req.municipality_code, kinds=list(csrs),
+                                                 resident_hash=rhash)
             if pre.existing_id is not None:
                 return await self._replay(conn, req, (pre.existing_id, pre.existing_hash))
         if pre.municipality_name is None:
             raise errors.PolicyViolation(f"municipality {req.municipality_code} is not registered",
                                          field="municipality_code", code="unknown_municipality")
+        window = dt.timedelta(days=self.cfg.issuance.renewal_window_days)
+        if pre.latest_valid_not_after and pre.latest_valid_not_after - now > window and not req.card_replaced:
+            # MISSION.md: renewal may start 3 months before expiry (a new card is the exception).
+            raise errors.Conflict(
+                f"the resident holds a valid certificate of this kind until "
+                f"{pre.latest_valid_not_after.astimezone(JST):%Y-%m-%d}; renewal opens "
+                f"{self.cfg.issuance.renewal_window_days} days before expiry (set card_replaced for a new card)",
+                field="card_replaced", code="renewal_too_early")
 
         not_before, not_after = validity(now, birth, card_expiry)
         signed: list[issuance_store.NewCertificate] = []

@@ -13,17 +13,21 @@ class Preflight:
     existing_hash: bytes | None
     municipality_name: str | None
     certificate_ids: list[int]  # fresh ids; an id decides the CRL partition
+    latest_valid_not_after: dt.datetime | None  # of the resident's valid certificates of these kinds
 
 
-async def preflight(conn, *, client_id: int, request_id: str, municipality_code: str, count: int) -> Preflight:
+async def preflight(conn, *, client_id: int, request_id: str, municipality_code: str, kinds: list[str],
+                    resident_hash: bytes) -> Preflight:
     row = await conn.fetchrow(
         "SELECT i.id, i.body_hash,"
         " (SELECT name_romaji FROM municipality WHERE code = $3) AS municipality,"
-        " ARRAY(SELECT nextval('certificate_id_seq') FROM generate_series(1, $4)) AS ids"
+        " ARRAY(SELECT nextval('certificate_id_seq') FROM generate_series(1, cardinality($4::text[]))) AS ids,"
+        " (SELECT max(not_after) FROM certificate WHERE resident_hash = $5 AND kind = ANY($4::text[])"
+        "   AND status = 'valid') AS live_until"
         " FROM (SELECT 1) AS one LEFT JOIN issuance i ON i.client_id = $1 AND i.request_id = $2",
-        client_id, request_id, municipality_code, count)
+        client_id, request_id, municipality_code, kinds, resident_hash)
     return Preflight(row["id"], bytes(row["body_hash"]) if row["body_hash"] is not None else None,
-                     row["municipality"], list(row["ids"]))
+                     row["municipality"], list(row["ids"]), row["live_until"])
 
 
 async def find(conn, *, client_id: int, request_id: str) -> tuple[int, bytes] | None:

@@ -84,7 +84,7 @@ async def test_same_request_id_with_other_body_is_409(http, terminal, keys, rt):
 async def test_new_certificate_supersedes_the_old_one_of_the_same_kind(http, terminal, keys, rt):
     body = issue_body(keys)
     first = certs_by_kind(await issue(http, terminal, body))
-    renewal = issue_body(keys, kinds=("signing",), code=body["resident_code"])
+    renewal = issue_body(keys, kinds=("signing",), code=body["resident_code"], card_replaced=True)
     second = certs_by_kind(await issue(http, terminal, renewal))
     async with rt.pool.acquire() as conn:
         rows = {bytes(r["serial"]): r for r in await conn.fetch(
@@ -95,6 +95,27 @@ async def test_new_certificate_supersedes_the_old_one_of_the_same_kind(http, ter
     assert (old["status"], old["reason"], old["source"]) == ("revoked", 4, "supersede")
     assert rows[first["auth"].serial_number.to_bytes(16, "big")]["status"] == "valid"
     assert rows[second["signing"].serial_number.to_bytes(16, "big")]["status"] == "valid"
+
+
+async def test_early_renewal_is_refused_before_signing(http, terminal, keys, rt):
+    body = issue_body(keys)
+    await issue(http, terminal, body)
+    before = await _totals(rt)
+    again = issue_body(keys, kinds=("auth",), code=body["resident_code"])
+    data = await issue(http, terminal, again, expect=409)
+    assert data["error"]["code"] == "renewal_too_early" and data["error"]["field"] == "card_replaced"
+    assert await _totals(rt) == before
+
+
+async def test_renewal_within_three_months_of_expiry_supersedes(http, terminal, keys, rt):
+    soon = (dt.date.today() + dt.timedelta(days=60)).isoformat()
+    body = issue_body(keys, kinds=("auth",), card_expires_on=soon)
+    first = certs_by_kind(await issue(http, terminal, body))["auth"]
+    renewed = certs_by_kind(await issue(http, terminal, issue_body(keys, kinds=("auth",), code=body["resident_code"])))
+    async with rt.pool.acquire() as conn:
+        status = await conn.fetchval("SELECT status FROM certificate WHERE serial = $1",
+                                     first.serial_number.to_bytes(16, "big"))
+    assert status == "revoked" and renewed["auth"].serial_number != first.serial_number
 
 
 async def test_audit_records_issue_with_operator_and_no_personal_data(http, terminal, keys, rt):
@@ -265,7 +286,7 @@ async def test_database_failure_after_signing_records_nothing(http, terminal, ke
 async def test_concurrent_requests_for_one_resident_leave_one_live_certificate(http, terminal, keys, rt):
     import asyncio
     code = issue_body(keys)["resident_code"]
-    bodies = [issue_body(keys, kinds=("auth",), code=code) for _ in range(4)]
+    bodies = [issue_body(keys, kinds=("auth",), code=code, card_replaced=True) for _ in range(4)]
     resps = await asyncio.gather(*(http.post("/v1/certificates", json=b, headers=headers(terminal)) for b in bodies))
     statuses = sorted(r.status for r in resps)
     assert all(s in (201, 409) for s in statuses) and 201 in statuses
