@@ -213,8 +213,20 @@ def status_from_record(*, exists: bool, revoked_at: dt.datetime | None, reason: 
     return GOOD
 
 
-def _gtime(value: dt.datetime) -> core.GeneralizedTime:
-    return core.GeneralizedTime(value.astimezone(dt.timezone.utc).replace(microsecond=0))
+def _len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(raw),)) + raw
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    return bytes((tag,)) + _len(len(content)) + content
+
+
+def _gtime(value: dt.datetime) -> bytes:
+    """GeneralizedTime, UTC, whole seconds (RFC 5280 4.1.2.5.2)."""
+    return b"\x18\x0f" + value.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%SZ").encode()
 
 
 def responder_key_hash(certificate_der: bytes) -> bytes:
@@ -223,51 +235,57 @@ def responder_key_hash(certificate_der: bytes) -> bytes:
     return hashlib.sha1(cert["tbs_certificate"]["subject_public_key_info"]["public_key"].contents[1:]).digest()
 
 
-def _cert_status(status: CertStatus) -> aocsp.CertStatus:
+_GOOD = b"\x80\x00"  # [0] IMPLICIT NULL
+_UNKNOWN = b"\x82\x00"  # [2] IMPLICIT NULL
+_NONCE_OID = b"\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x02"  # id-pkix-ocsp-nonce
+_BASIC_OID = b"\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x01"  # id-pkix-ocsp-basic
+
+
+def _cert_status(status: CertStatus) -> bytes:
     if status.kind == "good":
-        return aocsp.CertStatus(name="good", value=core.Null())
+        return _GOOD
     if status.kind == "unknown":
-        return aocsp.CertStatus(name="unknown", value=core.Null())
-    info = {"revocation_time": _gtime(status.revoked_at)}
+        return _UNKNOWN
+    info = _gtime(status.revoked_at)
     if status.reason is not None:
-        info["revocation_reason"] = aocsp.CRLReason(status.reason)
-    return aocsp.CertStatus(name="revoked", value=aocsp.RevokedInfo(info))
+        info += _tlv(0xA0, b"\x0a\x01" + bytes((status.reason,)))  # [0] EXPLICIT CRLReason
+    return _tlv(0xA1, info)  # [1] IMPLICIT RevokedInfo
 
 
 def response_data(*, responder_key_hash: bytes, produced_at: dt.datetime,
                   singles: list[tuple[bytes, CertStatus]], this_update: dt.datetime,
-                  next_update: dt.datetime, nonce: bytes | None = None) -> aocsp.ResponseData:
-    """tbsResponseData: responderID by key hash, one SingleResponse per (CertID DER, status), the nonce
-    echoed as a response extension when the request had one (RFC 8954)."""
+                  next_update: dt.datetime, nonce: bytes | None = None) -> bytes:
+    """tbsResponseData DER (RFC 6960 4.2.1): version v1 (default, absent), responderID by key hash, one
+    SingleResponse per (CertID DER, status), the nonce echoed as a response extension when the request
+    had one (RFC 8954). Assembled directly: it is built for every signature, on the hot path of a miss."""
     if next_update <= this_update:
         raise ValueError("nextUpdate must be after thisUpdate")
-    responses = [aocsp.SingleResponse({
-        "cert_id": aocsp.CertId.load(cert_id_der),
-        "cert_status": _cert_status(status),
-        "this_update": _gtime(this_update),
-        "next_update": _gtime(next_update),
-    }) for cert_id_der, status in singles]
-    data = {
-        "responder_id": aocsp.ResponderId(name="by_key", value=core.OctetString(responder_key_hash)),
-        "produced_at": _gtime(produced_at),
-        "responses": responses,
-    }
+    if len(responder_key_hash) != 20:
+        raise ValueError("the responder key hash is a SHA-1 digest")
+    times = _gtime(this_update) + _tlv(0xA0, _gtime(next_update))
+    responses = b"".join(_tlv(0x30, cert_id_der + _cert_status(status) + times) for cert_id_der, status in singles)
+    body = (_tlv(0xA2, _tlv(0x04, responder_key_hash)) + _gtime(produced_at) + _tlv(0x30, responses))
     if nonce is not None:
-        data["response_extensions"] = [{"extn_id": "nonce", "critical": False, "extn_value": nonce}]
-    return aocsp.ResponseData(data)
+        if not 1 <= len(nonce) <= MAX_NONCE_OCTETS:
+            raise ValueError("a nonce has 1 to 32 octets")
+        ext = _tlv(0x30, _NONCE_OID + _tlv(0x04, _tlv(0x04, nonce)))
+        body += _tlv(0xA1, _tlv(0x30, ext))
+    return _tlv(0x30, body)
 
 
-def assemble(tbs: aocsp.ResponseData, alg: SignatureAlgorithm, signature: bytes,
-             responder_certificate_der: bytes) -> bytes:
+def assemble(tbs_der: bytes, alg: SignatureAlgorithm, signature: bytes, responder_certificate_der: bytes) -> bytes:
     """OCSPResponse(successful, BasicOCSPResponse) with the responder certificate included, so that a
     client can check the delegation (RFC 6960 4.2.2.2)."""
-    basic = aocsp.BasicOCSPResponse({
-        "tbs_response_data": tbs,
-        "signature_algorithm": alg.identifier(),
-        "signature": signature,
-        "certs": [ax509.Certificate.load(responder_certificate_der)],
-    })
-    return aocsp.OCSPResponse({
-        "response_status": "successful",
-        "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
-    }).dump()
+    basic = _tlv(0x30, tbs_der + _alg_der(alg) + _tlv(0x03, b"\x00" + signature)
+                 + _tlv(0xA0, _tlv(0x30, responder_certificate_der)))
+    return _tlv(0x30, b"\x0a\x01\x00" + _tlv(0xA0, _tlv(0x30, _BASIC_OID + _tlv(0x04, basic))))
+
+
+_ALG_DER: dict[str, bytes] = {}
+
+
+def _alg_der(alg: SignatureAlgorithm) -> bytes:
+    der = _ALG_DER.get(alg.key_type)
+    if der is None:
+        der = _ALG_DER[alg.key_type] = alg.identifier().dump()
+    return der

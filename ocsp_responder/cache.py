@@ -47,6 +47,7 @@ class ResponseCache:
         self.enabled = False  # True only while the status listener is connected
         self.seq = 0  # bumped by every invalidation; read it before reading a status, pass it to put()
         self._invalidated: dict[int, int] = {}  # serial -> seq of its last invalidation
+        self._status: dict[int, tuple[int, object]] = {}  # serial -> (CA generation id, CertStatus)
         self._floor = 0  # answers begun before this seq are refused (invalidations forgotten, listener lost)
 
     def __len__(self) -> int:
@@ -101,8 +102,23 @@ class ResponseCache:
                     if not keys:
                         del self._keys_of[serial]
 
+    def get_status(self, ca_generation_id: int, serial: int):
+        """The status of a certificate as last read, under the same rules as answers; or None."""
+        if not self.enabled:
+            return None
+        hit = self._status.get(serial)
+        return hit[1] if hit is not None and hit[0] == ca_generation_id else None
+
+    def put_status(self, ca_generation_id: int, serial: int, status, since: int) -> None:
+        if self.changed_since((serial,), since):
+            return
+        if len(self._status) >= 4 * self.max_entries:
+            self._status.clear()
+        self._status[serial] = (ca_generation_id, status)
+
     def invalidate(self, serial: int) -> None:
         """Drop every answer about ``serial`` (its status changed)."""
+        self._status.pop(serial, None)
         self.seq += 1
         self._invalidated[serial] = self.seq
         if len(self._invalidated) > 100_000:
@@ -119,3 +135,4 @@ class ResponseCache:
         self._entries.clear()
         self._keys_of.clear()
         self._invalidated.clear()
+        self._status.clear()

@@ -169,17 +169,26 @@ class Responder:
         now = rt.clock.now()
         validity = dt.timedelta(seconds=self.cfg.validity_seconds)
         single = len(parsed.certs) == 1 and parsed.nonce is None
-        async with rt.pool.acquire() as conn:
-            if single:
-                cert = parsed.certs[0]
-                fresh_after = now + validity - dt.timedelta(seconds=self.cfg.refresh_seconds)
+        if single:
+            cert = parsed.certs[0]
+            fresh_after = now + validity - dt.timedelta(seconds=self.cfg.refresh_seconds)
+            async with rt.pool.acquire() as conn:
                 found = await store.status(conn, issuer.db_id, cert.serial, cert_id=cert.cert_id_der,
                                            fresh_after=fresh_after)
-                statuses = [found.status]
-                cached = found.cached
-            else:
-                statuses = await store.statuses(conn, issuer.db_id, [c.serial for c in parsed.certs])
-                cached = None
+            statuses = [found.status]
+            cached = found.cached
+            self.cache.put_status(issuer.db_id, cert.serial, found.status, since)
+        else:
+            # Statuses known in memory are as current as the memory cache (same invalidation).
+            statuses = [self.cache.get_status(issuer.db_id, c.serial) for c in parsed.certs]
+            missing = [c.serial for c, st in zip(parsed.certs, statuses) if st is None]
+            if missing:
+                async with rt.pool.acquire() as conn:
+                    found = dict(zip(missing, await store.statuses(conn, issuer.db_id, missing)))
+                statuses = [st or found[c.serial] for c, st in zip(parsed.certs, statuses)]
+                for serial, st in found.items():
+                    self.cache.put_status(issuer.db_id, serial, st, since)
+            cached = None
         serials = tuple(c.serial for c in parsed.certs)
         label = statuses[0].label if len(statuses) == 1 else "mixed"
         if cached is not None:
@@ -195,7 +204,7 @@ class Responder:
         tbs = ocsp.response_data(responder_key_hash=responder.key_hash, produced_at=now,
                                  singles=[(c.cert_id_der, s) for c, s in zip(parsed.certs, statuses)],
                                  this_update=now, next_update=next_update, nonce=parsed.nonce)
-        signature = await rt.signer.sign(responder.key_label, issuer.algorithm, tbs.dump())
+        signature = await rt.signer.sign(responder.key_label, issuer.algorithm, tbs)
         body = ocsp.assemble(tbs, issuer.algorithm, signature, responder.certificate_der)
         MISS_LATENCY.labels("signed").observe(time.perf_counter() - started)
         if parsed.nonce is not None:

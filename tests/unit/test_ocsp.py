@@ -133,7 +133,7 @@ def _sign(pki, statuses, nonce=None):
         responder_key_hash=core_ocsp.responder_key_hash(pki["responder"].public_bytes(serialization.Encoding.DER)),
         produced_at=NOW, singles=[(parsed.certs[0].cert_id_der, s) for s in statuses], this_update=NOW,
         next_update=NOW + dt.timedelta(minutes=15), nonce=nonce)
-    sig = pki["rkey"].sign(tbs.dump(), padding.PKCS1v15(), hashes.SHA256())
+    sig = pki["rkey"].sign(tbs, padding.PKCS1v15(), hashes.SHA256())
     der = core_ocsp.assemble(tbs, algorithm_for("rsa2048"), sig,
                              pki["responder"].public_bytes(serialization.Encoding.DER))
     resp = ocsp.load_der_ocsp_response(der)
