@@ -26,6 +26,7 @@ import glob
 import logging
 import os
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,51 +99,101 @@ class Outcome:
     seconds: float = 0.0
 
 
-class _Writer:
-    """A CRL file being written: hashes and writes on one worker thread, in order, while the event
-    loop fetches the next page. Memory: one page at a time."""
+def _fdatasync_quietly(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError:  # the final fsync reports real failures
+        pass
 
-    def __init__(self, final: Path, spec: crl_core.CRLSpec, count: int, size: int):
+
+class _Writer:
+    """A CRL file being written. The entries go to the temporary file as pages arrive, after room
+    left for the headers, which depend on their count and total size (known at the end; the room is
+    sized from the previous issue's size, and the rare wrong guess costs one copy). The TBSCertList
+    is then hashed by reading the file back (page cache), the token signs the digest, and the
+    signature and headers are written in place. Memory: the pages in flight only."""
+
+    def __init__(self, final: Path, spec: crl_core.CRLSpec, size_hint: int):
         self.final = final
         self.spec = spec
-        self.count = count
-        self.size = size
         self.tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        self.hash = spec.algorithm.new_hash()
-        self.tbs_len = crl_core.tbs_length(spec, count, size)
-        self.reserve = len(crl_core.signed_prefix(self.tbs_len, crl_core.max_suffix_length(spec.algorithm)))
-        self.written = 0
-        self.written_count = 0
+        self.max_suffix = crl_core.max_suffix_length(spec.algorithm)
+        count_hint = 1 if size_hint else 0
+        self.entries_at = self._head_length(count_hint, size_hint)
+        self.count = 0
+        self.size = 0
+        self.tbs_len = 0
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crl-writer")
         self._pending = None
-        self._f = open(self.tmp, "wb", buffering=0)
-        self._f.write(b"\x00" * self.reserve)
-        self._put(crl_core.tbs_header(spec, count, size))
+        self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
-    def _put(self, data: bytes) -> None:
-        self.hash.update(data)
+    def _head_length(self, count: int, size: int) -> int:
+        tbs_len = crl_core.tbs_length(self.spec, count, size)
+        return (len(crl_core.signed_prefix(tbs_len, self.max_suffix))
+                + len(crl_core.tbs_header(self.spec, count, size)))
+
+    def _pwrite_all(self, data, offset: int) -> None:
         view = memoryview(data)
         while view:
-            view = view[self._f.write(view):]
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
 
     async def add(self, count: int, data: bytes) -> None:
-        """Queue a page of entries; returns once the previous page is written (one page in flight)."""
+        """Queue a page of entries (written in order by the worker thread; one page in flight)."""
         if self._pending is not None:
             await self._pending
-        self.written += len(data)
-        self.written_count += count
-        self._pending = asyncio.get_running_loop().run_in_executor(self._ex, self._put, data)
+        offset = self.entries_at + self.size
+        self.size += len(data)
+        self.count += count
+        self._pending = asyncio.get_running_loop().run_in_executor(self._ex, self._pwrite_all, data, offset)
 
     async def finish_tbs(self) -> bytes:
-        """The digest of the TBSCertList; raises RuntimeError when the stream disagreed with the count."""
+        """Write the headers and the extensions, and return the digest of the TBSCertList."""
         if self._pending is not None:
             await self._pending
             self._pending = None
-        if (self.written, self.written_count) != (self.size, self.count):
-            raise RuntimeError(f"entries changed while streaming ({self.written_count}/{self.written} "
-                               f"instead of {self.count}/{self.size})")
-        self._put(crl_core.tbs_trailer(self.spec))
-        return self.hash.digest()
+        return await asyncio.get_running_loop().run_in_executor(self._ex, self._finish_tbs)
+
+    def _finish_tbs(self) -> bytes:
+        if (self.count == 0) != (self.size == 0):
+            raise RuntimeError("entry count and size disagree")
+        # Start writing the entries to disk while they are hashed (the final fsync then has little left).
+        early_sync = None
+        if self.size > _CHUNK:
+            early_sync = threading.Thread(target=_fdatasync_quietly, args=(self._fd,), daemon=True)
+            early_sync.start()
+        header = crl_core.tbs_header(self.spec, self.count, self.size)
+        self.tbs_len = crl_core.tbs_length(self.spec, self.count, self.size)
+        prefix_len = len(crl_core.signed_prefix(self.tbs_len, self.max_suffix))
+        if prefix_len + len(header) != self.entries_at:  # the guess was wrong: move the entries once
+            self._move_entries(prefix_len + len(header))
+        self.tbs_at = prefix_len
+        self._pwrite_all(header, prefix_len)
+        self._pwrite_all(crl_core.tbs_trailer(self.spec), self.entries_at + self.size)
+        h = self.spec.algorithm.new_hash()
+        offset, end = prefix_len, prefix_len + self.tbs_len
+        while offset < end:
+            chunk = os.pread(self._fd, min(_CHUNK, end - offset), offset)
+            if not chunk:
+                raise RuntimeError("short read of the CRL being written")
+            h.update(chunk)
+            offset += len(chunk)
+        if early_sync is not None:
+            early_sync.join()
+        return h.digest()
+
+    def _move_entries(self, new_at: int) -> None:
+        moved = self.tmp.with_suffix(".move")
+        fd = os.open(moved, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        offset = 0
+        while offset < self.size:
+            chunk = os.pread(self._fd, min(_CHUNK, self.size - offset), self.entries_at + offset)
+            os.pwrite(fd, chunk, new_at + offset)
+            offset += len(chunk)
+        os.close(self._fd)
+        os.replace(moved, self.tmp)
+        self._fd = fd
+        self.entries_at = new_at
 
     async def finish(self, signature: bytes, keep_previous: bool = True) -> int:
         """Append the signature, sync, keep the previous issue and rename into place; returns the size."""
@@ -151,25 +202,23 @@ class _Writer:
     def _finish(self, signature: bytes, keep_previous: bool) -> int:
         suffix = crl_core.signed_suffix(self.spec.algorithm, signature)
         prefix = crl_core.signed_prefix(self.tbs_len, len(suffix))
-        self._f.write(suffix)
-        if len(prefix) == self.reserve:
-            os.pwrite(self._f.fileno(), prefix, 0)
-            os.fsync(self._f.fileno())
-            self._f.close()
-            src = self.tmp
-        else:  # an ECDSA signature shorter than reserved changed the length octets: copy once (rare)
-            self._f.close()
-            src = self.tmp.with_suffix(".fix")
-            with open(self.tmp, "rb") as old, open(src, "wb") as new:
-                old.seek(self.reserve)
-                new.write(prefix)
-                while chunk := old.read(_CHUNK):
-                    new.write(chunk)
-                new.flush()
-                os.fsync(new.fileno())
-            os.unlink(self.tmp)
+        end = self.tbs_at + self.tbs_len
+        self._pwrite_all(suffix, end)
+        if len(prefix) != self.tbs_at:  # a short ECDSA signature changed the length octets (rare)
+            shift = self.tbs_at - len(prefix)
+            offset = self.tbs_at
+            while offset < end + len(suffix):
+                chunk = os.pread(self._fd, min(_CHUNK, end + len(suffix) - offset), offset)
+                os.pwrite(self._fd, chunk, offset - shift)
+                offset += len(chunk)
+            os.ftruncate(self._fd, end + len(suffix) - shift)
+        self._pwrite_all(prefix, 0)
+        total = len(prefix) + self.tbs_len + len(suffix)
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
         stamp = self.spec.this_update.timestamp()
-        os.utime(src, (stamp, stamp))
+        os.utime(self.tmp, (stamp, stamp))
         if keep_previous and self.final.exists():
             prev_tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.prev.tmp")
             try:
@@ -178,21 +227,22 @@ class _Writer:
                 pass
             os.link(self.final, prev_tmp)
             os.replace(prev_tmp, self.final.with_name(self.final.name + ".prev"))
-        os.replace(src, self.final)
+        os.replace(self.tmp, self.final)
         dir_fd = os.open(self.final.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         self._ex.shutdown(wait=False)
-        return len(prefix) + self.tbs_len + len(suffix)
+        return total
 
     def abort(self) -> None:
         try:
-            self._f.close()
+            if self._fd is not None:
+                os.close(self._fd)
         finally:
             self._ex.shutdown(wait=False)
-            for path in (self.tmp, self.tmp.with_suffix(".fix")):
+            for path in (self.tmp, self.tmp.with_suffix(".move")):
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
@@ -251,12 +301,14 @@ class Publisher:
                 if target.kind == "base":
                     base = None
                 now = self.rt.clock.now()
-                async with conn.transaction():
+                marks = [("start", time.perf_counter())]
+                async with conn.transaction():  # one commit: activation and the CRL number
                     # online revocations accepted before this issue become effective in it
                     await revocations.activate_pending(conn, now)
-                number = await crls.allocate_number(conn, gen_id, target.scope)
+                    number = await crls.allocate_number(conn, gen_id, target.scope)
+                marks.append(("prepare", time.perf_counter()))
                 try:
-                    published = await self._issue(conn, target, number, now, base, progress)
+                    published = await self._issue(conn, target, number, now, base, progress, marks)
                 except BaseException:
                     CRL_PUBLISHED.labels(target.label, target.metric_kind, "error").inc()
                     raise
@@ -273,7 +325,7 @@ class Publisher:
                  published.entries, published.bytes, seconds)
         return Outcome(target, published, None, seconds)
 
-    async def _issue(self, conn, target: Target, number: int, now: dt.datetime, base, progress):
+    async def _issue(self, conn, target: Target, number: int, now: dt.datetime, base, progress, marks):
         final = self.out / target.path
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(str(final.with_name(f".{final.name}.*.tmp"))):  # a crashed run's leftovers
@@ -284,28 +336,24 @@ class Publisher:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot = await crls.begin_snapshot(conn)
                 if target.kind == "base":
-                    count, size = await crls.count_entries(conn, target.issuer.db_id, target.partition, now)
-                    writer = _Writer(final, spec, count, size)
-                    async for n, der in crls.stream_entries(conn, target.issuer.db_id, target.partition, now,
-                                                            self.cfg.crl.page_rows):
-                        await writer.add(n, der)
-                        if progress:
-                            progress(n)
+                    previous = await crls.latest(conn, target.issuer.db_id, target.scope, "base")
+                    writer = _Writer(final, spec, previous.bytes if previous else 0)
+                    await self._stream(conn, target, now, writer, previous, progress)
                 else:
-                    changes = await crls.changes_since(conn, target.issuer.db_id, target.partition,
-                                                       base.snapshot, now)
-                    entries = [c.entry_der if c.entry_der is not None else
-                               crl_core.remove_from_crl_entry(int.from_bytes(c.serial, "big"), c.revoked_at)
-                               for c in changes]
-                    data = b"".join(entries)
-                    writer = _Writer(final, spec, len(entries), len(data))
-                    if entries:
-                        await writer.add(len(entries), data)
+                    count, data = await crls.delta_entries(conn, target.issuer.db_id, target.partition,
+                                                           base.snapshot, now, crl_core.remove_from_crl_entry)
+                    writer = _Writer(final, spec, len(data))
+                    if count:
+                        await writer.add(count, data)
                     if progress:
-                        progress(len(entries))
+                        progress(count)
+            marks.append(("read", time.perf_counter()))
             digest = await writer.finish_tbs()
+            marks.append(("hash", time.perf_counter()))
             signature = await self.rt.signer.sign_digest(target.issuer.key_label, target.issuer.algorithm, digest)
+            marks.append(("sign", time.perf_counter()))
             size = await writer.finish(signature)
+            marks.append(("write", time.perf_counter()))
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -315,9 +363,69 @@ class Publisher:
                 conn, generation_id=target.issuer.db_id, scope=target.scope, kind=target.kind, number=number,
                 base_id=base.id if base else None, this_update=now, next_update=spec.next_update,
                 snapshot=snapshot, entries=writer.count, size=size, sha256=digest, path=target.path)
+        marks.append(("record", time.perf_counter()))
+        log.debug("%s phases: %s", target.path,
+                  ", ".join(f"{name} {t - marks[i][1]:.3f}" for i, (name, t) in enumerate(marks[1:])))
         return crls.PublishedCRL(rid, target.issuer.db_id, target.scope, target.kind, number,
                                  base.id if base else None, now, spec.next_update, snapshot, writer.count, size,
                                  digest, target.path)
+
+    async def _stream(self, conn, target: Target, now: dt.datetime, writer: _Writer, previous, progress) -> None:
+        """Stream the entries of a complete CRL into ``writer`` in serial order: serial ranges sized to
+        about crl.page_rows entries, fetched by up to crl.stream_connections connections sharing the
+        snapshot of ``conn``'s transaction, consumed in order (at most one page per connection in
+        flight)."""
+        c = self.cfg.crl
+        # An upper bound of the entries keeps pages small (memory flat) as the CRL grows: a partition
+        # holds at most partition_size certificates; the full CRL at most the table's row estimate.
+        if target.partition is not None:
+            expected = self.cfg.issuance.partition_size
+        else:
+            expected = int(await conn.fetchval("SELECT greatest(reltuples, 0) FROM pg_class WHERE relname = 'revocation'"))
+        expected = max(expected, previous.entries if previous else 0)
+        ranges = crls.serial_ranges(min(4096, expected // c.page_rows + 1))
+        width = min(c.stream_connections, len(ranges))
+        conns, extra = [conn], []
+        try:
+            if width > 1:
+                snapshot_id = await crls.export_snapshot(conn)
+                for _ in range(width - 1):
+                    other = await self.rt.pool.acquire()
+                    tr = other.transaction(isolation="repeatable_read", readonly=True)
+                    extra.append((other, tr))
+                    await tr.start()
+                    await crls.join_snapshot(other, snapshot_id)
+                    conns.append(other)
+            gen_id = target.issuer.db_id
+
+            def fetch(i):
+                low, high = ranges[i]
+                return asyncio.ensure_future(crls.entry_page(conns[i % width], gen_id, target.partition, now,
+                                                             low, high))
+
+            inflight = [fetch(i) for i in range(width)]
+            try:
+                for i in range(len(ranges)):
+                    n, der = await inflight[i]
+                    if i + width < len(ranges):
+                        inflight.append(fetch(i + width))
+                    inflight[i] = None
+                    if n:
+                        await writer.add(n, der)
+                        if progress:
+                            progress(n)
+            except BaseException:
+                for task in inflight:
+                    if task is not None:
+                        task.cancel()
+                await asyncio.gather(*[t for t in inflight if t is not None], return_exceptions=True)
+                raise
+        finally:
+            for other, tr in extra:
+                try:
+                    await tr.rollback()
+                finally:
+                    await self.rt.pool.release(other)
 
     # -- many CRLs -------------------------------------------------------------------------------
     def generations(self, ca_ids=("signing", "auth")) -> list[Issuer]:

@@ -74,73 +74,84 @@ def _where(partition: int | None) -> str:
     return cond + (" AND partition = $3" if partition is not None else "")
 
 
-async def count_entries(conn, generation_id: int, partition: int | None, this_update: dt.datetime) -> tuple[int, int]:
-    """(count, total DER octets) of the entries of a complete CRL, in the current snapshot."""
+async def export_snapshot(conn) -> str:
+    """Export the transaction's snapshot so that more connections read the same set."""
+    return await conn.fetchval("SELECT pg_export_snapshot()")
+
+
+async def join_snapshot(conn, snapshot_id: str) -> None:
+    """First statement of a REPEATABLE READ transaction: adopt an exported snapshot."""
+    await conn.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(snapshot_id)}'")
+
+
+def _snapshot_id(value: str) -> str:
+    if not value.replace("-", "").isalnum():
+        raise ValueError("not a snapshot id")
+    return value
+
+
+# Serials are 16 random octets (ca_core.serials), so equal slices of the serial space hold about
+# equal numbers of entries: the stream is cut into serial ranges, each concatenated by the server.
+_SERIAL_SPACE = 1 << 127
+_ABOVE_ALL = b"\xff" * 21  # above every serial (RFC 5280 4.1.2.2: at most 20 octets)
+
+
+def serial_ranges(pages: int) -> list[tuple[bytes, bytes]]:
+    """``pages`` consecutive [low, high) ranges of stored serials covering every possible value."""
+    pages = max(1, pages)
+    bounds = [b""] + [(_SERIAL_SPACE * i // pages).to_bytes(16, "big") for i in range(1, pages)] + [_ABOVE_ALL]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+async def entry_page(conn, generation_id: int, partition: int | None, this_update: dt.datetime,
+                     low: bytes, high: bytes) -> tuple[int, bytes]:
+    """(count, concatenated DER) of the entries of a complete CRL with serials in [low, high), in
+    serial order; the server concatenates (string_agg over the ordered index-only scan), so the
+    client does no work per entry. Call inside the REPEATABLE READ transaction of the CRL."""
     args = [generation_id, this_update] + ([partition] if partition is not None else [])
+    n = len(args)
     row = await conn.fetchrow(
-        f"SELECT count(*) AS n, coalesce(sum(octet_length(entry_der)), 0) AS size FROM revocation"
-        f" WHERE {_where(partition)}", *args)
-    return row["n"], int(row["size"])
+        "SELECT count(*) AS n, string_agg(entry_der, ''::bytea) AS der FROM ("
+        f" SELECT entry_der FROM revocation WHERE {_where(partition)} AND serial >= ${n + 1} AND serial < ${n + 2}"
+        " ORDER BY serial) page", *args, low, high)
+    return row["n"], (row["der"] or b"")
 
 
-async def stream_entries(conn, generation_id: int, partition: int | None, this_update: dt.datetime,
-                         page_rows: int = 50_000):
-    """Yield (count, bytes): the entries of a complete CRL in serial order, ``page_rows`` at a time,
-    concatenated by the server (string_agg), so the client does no work per entry. Keyset paging on
-    serial; the last serial of a page comes back through lead() (NULL only on a page's last row).
-    Call inside the REPEATABLE READ transaction whose snapshot defines the CRL."""
-    base_args = [generation_id, this_update] + ([partition] if partition is not None else [])
-    n = len(base_args)
-    query = (
-        "SELECT count(*) AS n, string_agg(entry_der, ''::bytea) AS der,"
-        " string_agg(CASE WHEN nxt THEN NULL ELSE serial END, ''::bytea) AS last FROM ("
-        "  SELECT entry_der, serial, lead(true) OVER () AS nxt FROM ("
-        f"   SELECT entry_der, serial FROM revocation WHERE {_where(partition)} AND serial > ${n + 1}"
-        f"   ORDER BY serial LIMIT ${n + 2}) page) page_with_next")
-    last = b""
-    while True:
-        row = await conn.fetchrow(query, *base_args, last, page_rows)
-        if not row["n"]:
-            return
-        yield row["n"], row["der"]
-        if row["n"] < page_rows:
-            return
-        last = row["last"]
-
-
-@dataclass(frozen=True)
-class DeltaChange:
-    serial: bytes
-    entry_der: bytes | None  # None: removeFromCRL (hold released), dated ``revoked_at``
-    revoked_at: dt.datetime
-
-
-async def changes_since(conn, generation_id: int, partition: int | None, base_snapshot: str,
-                        this_update: dt.datetime) -> list[DeltaChange]:
-    """What changed since the base (RFC 5280 5.2.4), in serial order: entries in force now whose
-    transaction the base snapshot did not see (new revocations, holds, holds turned into
-    revocations), and removeFromCRL for holds the base listed that have since been released and not
-    replaced. Call inside the REPEATABLE READ transaction of the delta."""
-    args = [generation_id, this_update, base_snapshot] + ([partition] if partition is not None else [])
-    part = " AND partition = $4" if partition is not None else ""
-    rows = await conn.fetch(
-        "WITH base AS (SELECT $3::text::pg_snapshot AS s),"
-        " added AS ("
-        "  SELECT serial, entry_der, revoked_at FROM revocation, base"
-        "  WHERE ca_generation_id = $1 AND effective_xid >= pg_snapshot_xmin(base.s)"
-        "  AND NOT pg_visible_in_snapshot(effective_xid, base.s)"
-        f"  AND released_at IS NULL AND cert_not_after >= $2{part}),"
-        " removed AS ("
-        "  SELECT DISTINCT ON (serial) serial, NULL::bytea AS entry_der, revoked_at FROM revocation, base"
-        "  WHERE ca_generation_id = $1 AND release_kind = 'hold_released'"
-        "  AND released_xid >= pg_snapshot_xmin(base.s) AND NOT pg_visible_in_snapshot(released_xid, base.s)"
+async def delta_entries(conn, generation_id: int, partition: int | None, base_snapshot: str,
+                        this_update: dt.datetime, encode_remove) -> tuple[int, bytes]:
+    """(count, concatenated DER in serial order) of a delta CRL: what changed since the base (RFC 5280
+    5.2.4). Entries in force now whose transaction the base snapshot did not see (new revocations,
+    holds, holds turned into revocations); and removeFromCRL, made by ``encode_remove(serial,
+    revocation date)``, for holds the base listed that have since been released and are not in force
+    again. Call inside the REPEATABLE READ transaction of the delta."""
+    # xmin of the base snapshot as a parameter: the xid indexes then scan only the changes since
+    # (every transaction the base did not see has an xid >= its xmin).
+    xmin = base_snapshot.split(":", 1)[0]
+    part = " AND partition = $5" if partition is not None else ""
+    extra = [partition] if partition is not None else []
+    released = await conn.fetch(
+        "SELECT DISTINCT ON (serial) serial, revoked_at FROM revocation r"
+        " WHERE ca_generation_id = $1 AND release_kind = 'hold_released' AND released_xid >= $4::text::xid8"
+        " AND NOT pg_visible_in_snapshot(released_xid, $3::text::pg_snapshot)"
         # effective_xid NULL: made effective before change tracking existed, so in every base.
-        f"  AND (effective_xid IS NULL OR pg_visible_in_snapshot(effective_xid, base.s)){part}"
-        "  AND serial NOT IN (SELECT serial FROM added)"
-        "  ORDER BY serial, revoked_at)"
-        " SELECT * FROM added UNION ALL SELECT * FROM removed ORDER BY serial", *args)
-    return [DeltaChange(bytes(r["serial"]), bytes(r["entry_der"]) if r["entry_der"] is not None else None,
-                        r["revoked_at"]) for r in rows]
+        " AND (effective_xid IS NULL OR pg_visible_in_snapshot(effective_xid, $3::text::pg_snapshot))"
+        " AND NOT EXISTS (SELECT 1 FROM revocation a WHERE a.certificate_id = r.certificate_id"
+        "  AND a.released_at IS NULL AND a.effective_at IS NOT NULL AND a.cert_not_after >= $2)"
+        f"{part} ORDER BY serial, revoked_at",
+        generation_id, this_update, base_snapshot, xmin, *extra)
+    removes = [(bytes(r["serial"]), encode_remove(int.from_bytes(r["serial"], "big"), r["revoked_at"]))
+               for r in released]
+    n = 7 if partition is not None else 6
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, string_agg(der, ''::bytea) AS der FROM ("
+        " SELECT serial, entry_der AS der FROM revocation"
+        " WHERE ca_generation_id = $1 AND effective_xid >= $4::text::xid8"
+        " AND NOT pg_visible_in_snapshot(effective_xid, $3::text::pg_snapshot)"
+        f" AND released_at IS NULL AND cert_not_after >= $2{part}"
+        f" UNION ALL SELECT s, d FROM unnest(${n - 1}::bytea[], ${n}::bytea[]) AS u(s, d)"
+        " ORDER BY serial) changes",
+        generation_id, this_update, base_snapshot, xmin, *extra, [s for s, _ in removes], [d for _, d in removes])
+    return row["n"], (row["der"] or b"")
 
 
 # -- published CRLs ------------------------------------------------------------------------------

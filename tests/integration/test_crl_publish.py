@@ -406,3 +406,20 @@ async def test_openssl_use_deltas(rt, http, terminal, keys, ca_pem, tmp_path):
     assert res.returncode != 0 and "certificate revoked" in res.stdout + res.stderr
     assert verify(held, base_pem, delta_pem).returncode == 0, verify(held, base_pem, delta_pem).stdout
     assert verify(good, base_pem, delta_pem).returncode == 0
+
+
+async def test_many_pages_over_two_connections_give_the_same_crl(rt, http, terminal, keys):
+    import dataclasses
+
+    for _ in range(3):
+        await _revoke(rt, (await _issue(http, terminal, keys, kinds=("auth",)))["auth"])
+    issuer = rt.issuers.current("auth")
+    one = Publisher(rt)
+    one.cfg = rt.cfg.replace(crl=dataclasses.replace(rt.cfg.crl, page_rows=1_000_000, stream_connections=1))
+    many = Publisher(rt)
+    many.cfg = rt.cfg.replace(crl=dataclasses.replace(rt.cfg.crl, page_rows=1, stream_connections=2))
+    a = (await one.publish(Target(issuer, "full", "base"))).published
+    first = [r.serial_number for r in await _crl(http, "auth/full.crl")]
+    b = (await many.publish(Target(issuer, "full", "base"))).published
+    second = [r.serial_number for r in await _crl(http, "auth/full.crl")]
+    assert second == first == sorted(first) and len(first) == a.entries == b.entries >= 3

@@ -1,0 +1,65 @@
+"""crl_publisher's file writer: whatever room it guesses for the headers, the file is the same DER
+as an in-memory assembly; a failed issue leaves nothing behind and the previous file in place."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from ca_core import crl as crl_core
+from crl_publisher.publisher import _Writer
+from tests.unit.test_crl import _entries, _signer, _spec, ec_ca, rsa_ca  # noqa: F401 (fixtures)
+
+
+async def _write(path, spec, entries, key, hint, pages=3):
+    w = _Writer(path, spec, hint)
+    step = max(1, len(entries) // pages)
+    for i in range(0, len(entries), step):
+        chunk = entries[i:i + step]
+        await w.add(len(chunk), b"".join(chunk))
+    digest = await w.finish_tbs()
+    tbs = crl_core.tbs_header(spec, len(entries), sum(map(len, entries))) + b"".join(entries) + crl_core.tbs_trailer(spec)
+    h = spec.algorithm.new_hash()
+    h.update(tbs)
+    assert digest == h.digest()
+    return await w.finish(_signer(key)(tbs))
+
+
+@pytest.mark.parametrize("n", [0, 1, 100, 3000])
+@pytest.mark.parametrize("hint", [0, 10, 1 << 20, 1 << 30])
+async def test_any_size_hint_gives_the_same_crl(tmp_path, rsa_ca, n, hint):
+    key, issuer = rsa_ca
+    spec = _spec(issuer)
+    entries = _entries(n)
+    path = tmp_path / "full.crl"
+    size = await _write(path, spec, entries, key, hint)
+    expected = crl_core.assemble(spec, entries, _signer(key))  # RSA PKCS#1 v1.5 is deterministic
+    assert path.read_bytes() == expected and size == len(expected)
+    assert os.path.getmtime(path) == spec.this_update.timestamp()
+    assert sorted(os.listdir(tmp_path)) == ["full.crl"]
+
+
+async def test_ecdsa_signature_shorter_than_reserved(tmp_path, ec_ca):
+    from cryptography import x509
+
+    key, issuer = ec_ca
+    spec = _spec(issuer)
+    for i in range(6):
+        await _write(tmp_path / "e.crl", spec, _entries(50), key, 0)
+        crl = x509.load_der_x509_crl((tmp_path / "e.crl").read_bytes())
+        assert crl.is_signature_valid(key.public_key()) and len(crl) == 50
+
+
+async def test_previous_issue_is_kept_and_abort_leaves_no_file(tmp_path, rsa_ca):
+    key, issuer = rsa_ca
+    path = tmp_path / "p.crl"
+    await _write(path, _spec(issuer, number=1), _entries(5), key, 0)
+    first = path.read_bytes()
+    await _write(path, _spec(issuer, number=2), _entries(6), key, 0)
+    assert (tmp_path / "p.crl.prev").read_bytes() == first
+    w = _Writer(path, _spec(issuer, number=3), 0)
+    await w.add(1, _entries(1)[0])
+    w.abort()
+    assert sorted(os.listdir(tmp_path)) == ["p.crl", "p.crl.prev"]
