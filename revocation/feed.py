@@ -20,7 +20,8 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from ca_core import errors
-from ca_core.lifecycle import FEED_RULES, encode_entry_fast
+from ca_core.lifecycle import FEED_RULES
+from ca_core.revocation import encode_entry
 from ca_core.resident import resident_hash
 from storage import audit, feed_events, revocations as rev_store
 
@@ -165,7 +166,7 @@ class FeedService:
                     live = by_resident.get(e.resident_hash, {})
                     targets = [live.pop(k) for k in rule.revokes if k in live]
                     if targets:
-                        items.extend((c, rule.reason, e.event_id, encode_entry_fast(c.serial, now, rule.reason))
+                        items.extend((c, rule.reason, e.event_id, encode_entry(c.serial, now, rule.reason))
                                      for c in targets)
                         applied.append((e.event_id, None, len(targets)))
                         if rule.free_reissue:
