@@ -423,3 +423,36 @@ async def test_many_pages_over_two_connections_give_the_same_crl(rt, http, termi
     b = (await many.publish(Target(issuer, "full", "base"))).published
     second = [r.serial_number for r in await _crl(http, "auth/full.crl")]
     assert second == first == sorted(first) and len(first) == a.entries == b.entries >= 3
+
+
+async def test_scheduler_runs_inside_serve_worker_zero(rt):
+    """`shomei serve` worker 0 runs the schedule as a background task of the application; here with a
+    clock 20 minutes ahead, so every delta is due, and a one-second tick."""
+    import dataclasses
+
+    from aiohttp.test_utils import TestServer
+
+    from ca_core.clock import FixedClock
+    from shomei.app import make_app
+
+    ahead = FixedClock(rt.clock.now() + dt.timedelta(minutes=20))
+    cfg = rt.cfg.replace(crl=dataclasses.replace(rt.cfg.crl, tick_seconds=1))
+    worker = dataclasses.replace(rt, cfg=cfg, clock=ahead, extras={"worker_index": 0})
+    issuer = rt.issuers.current("auth")
+    server = TestServer(make_app(worker))
+    await server.start_server()
+    try:
+        for _ in range(100):
+            async with rt.pool.acquire() as conn:
+                last = await crls.latest(conn, issuer.db_id, "full", "delta")
+            if last is not None and last.this_update == ahead.now():
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the scheduler did not publish the due delta")
+    finally:
+        await server.close()
+    # only in worker 0 of `shomei serve`, not in applications built for tools and tests
+    with_schedule = len(make_app(dataclasses.replace(worker, extras={"worker_index": 0})).cleanup_ctx)
+    assert len(make_app(dataclasses.replace(worker, extras={"worker_index": 1})).cleanup_ctx) == with_schedule - 1
+    assert len(make_app(dataclasses.replace(worker, extras={})).cleanup_ctx) == with_schedule - 1

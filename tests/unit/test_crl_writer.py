@@ -63,3 +63,35 @@ async def test_previous_issue_is_kept_and_abort_leaves_no_file(tmp_path, rsa_ca)
     await w.add(1, _entries(1)[0])
     w.abort()
     assert sorted(os.listdir(tmp_path)) == ["p.crl", "p.crl.prev"]
+
+
+async def test_outer_length_octets_shrink_with_a_short_ecdsa_signature(tmp_path, ec_ca):
+    """Room is reserved for the longest ECDSA-Sig-Value; when the CRL sits at a DER length boundary
+    (256 octets) and the signature comes out shorter, the file is shifted into valid DER."""
+    from cryptography import x509
+
+    key, issuer = ec_ca
+    max_suffix = crl_core.max_suffix_length(issuer.algorithm)
+    for number in range(1, 1 << 16):
+        for n in range(0, 4):
+            spec = _spec(issuer, number=number)
+            entries = _entries(n)
+            tbs_len = crl_core.tbs_length(spec, n, sum(map(len, entries)))
+            if tbs_len + max_suffix == 256:
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.skip("no CRL of exactly the boundary size in the search range")
+    shifted = False
+    for _ in range(40):  # about half of P-256 signatures encode shorter than the maximum
+        size = await _write(tmp_path / "b.crl", spec, entries, key, 0)
+        der = (tmp_path / "b.crl").read_bytes()
+        assert len(der) == size
+        crl = x509.load_der_x509_crl(der)
+        assert crl.is_signature_valid(key.public_key()) and len(crl) == n
+        shifted = shifted or der[1] == 0x81
+        if shifted:
+            break
+    assert shifted
