@@ -20,6 +20,7 @@ Layout of a CertificateList (RFC 5280 5.1):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from asn1crypto import core, crl as acrl, x509 as ax509
@@ -108,12 +109,14 @@ def extensions(spec: CRLSpec) -> acrl.TBSCertListExtensions:
     return acrl.TBSCertListExtensions(exts)
 
 
+@functools.lru_cache(maxsize=256)  # a spec is frozen; its encodings are asked for several times per CRL
 def tbs_trailer(spec: CRLSpec) -> bytes:
     """crlExtensions [0] EXPLICIT, the last field of the TBSCertList."""
     body = extensions(spec).dump()
     return der_header(0xA0, len(body)) + body
 
 
+@functools.lru_cache(maxsize=256)
 def _fixed_fields(spec: CRLSpec) -> bytes:
     return (_VERSION_V2 + spec.algorithm.identifier().dump() + spec.issuer.name_der
             + x509_time(spec.this_update).dump() + x509_time(spec.next_update).dump())

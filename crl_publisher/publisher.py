@@ -214,7 +214,7 @@ class _Writer:
             os.ftruncate(self._fd, end + len(suffix) - shift)
         self._pwrite_all(prefix, 0)
         total = len(prefix) + self.tbs_len + len(suffix)
-        os.fsync(self._fd)
+        os.fdatasync(self._fd)
         os.close(self._fd)
         self._fd = None
         stamp = self.spec.this_update.timestamp()
@@ -304,16 +304,21 @@ class Publisher:
                     base = None
                 now = self.rt.clock.now()
                 marks = [("start", time.perf_counter())]
-                async with conn.transaction():  # one commit: activation and the CRL number
-                    # online revocations accepted before this issue become effective in it
+                async with conn.transaction():
+                    # online revocations accepted before this issue become effective in it (committed
+                    # before the snapshot is taken)
                     await revocations.activate_pending(conn, now)
-                    number = await crls.allocate_number(conn, gen_id, target.scope)
                 marks.append(("prepare", time.perf_counter()))
+                # The CRL number is committed on another connection while the entries are read; it is
+                # needed only for the extensions, after the entries (the lease orders the issues).
+                number = asyncio.ensure_future(self._allocate_number(gen_id, target.scope))
                 try:
                     published = await self._issue(conn, target, number, now, base, progress, marks)
                 except BaseException:
                     CRL_PUBLISHED.labels(target.label, target.metric_kind, "error").inc()
                     raise
+                finally:
+                    await asyncio.gather(number, return_exceptions=True)
             finally:
                 await crls.release_lease(conn, gen_id, target.scope)
         seconds = time.perf_counter() - started
@@ -327,12 +332,18 @@ class Publisher:
                  published.entries, published.bytes, seconds)
         return Outcome(target, published, None, seconds)
 
-    async def _issue(self, conn, target: Target, number: int, now: dt.datetime, base, progress, marks):
+    async def _allocate_number(self, gen_id: int, scope: str) -> int:
+        async with self.rt.pool.acquire() as conn:
+            return await crls.allocate_number(conn, gen_id, scope)
+
+    async def _issue(self, conn, target: Target, number_future, now: dt.datetime, base, progress, marks):
         final = self.out / target.path
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(str(final.with_name(f".{final.name}.*.tmp"))):  # a crashed run's leftovers
             os.unlink(stale)
-        spec = self.spec(target, number, now, base.number if base else None)
+        base_number = base.number if base else None
+        # the number is not known yet: a stand-in of the same kind sizes the headers
+        spec = self.spec(target, base_number + 1 if base else 1, now, base_number)
         writer = None
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -350,6 +361,8 @@ class Publisher:
                     if progress:
                         progress(count)
             marks.append(("read", time.perf_counter()))
+            number = await number_future
+            spec = writer.spec = self.spec(target, number, now, base_number)
             digest = await writer.finish_tbs()
             marks.append(("hash", time.perf_counter()))
             signature = await self.rt.signer.sign_digest(target.issuer.key_label, target.issuer.algorithm, digest)
