@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import os
 import re
@@ -329,22 +330,30 @@ def main() -> None:
                "-nmin", "15"]
         if args.openssl_multi > 1:
             cmd += ["-multi", str(args.openssl_multi)]
-        osl = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "openssl.log", "w"),
-                               start_new_session=True)
+        # Not in a session of its own: `-multi` makes its own process group (setpgid fails for a leader).
+        osl = subprocess.Popen(cmd, stdout=open(work / "openssl.log", "w"), stderr=subprocess.STDOUT)
         try:
             obase = f"http://127.0.0.1:{port}"
             for _ in range(100):
                 try:
                     check(fetch(obase + "/", request_der(issuer, bad)), bad, True)
+                    check(fetch(obase + "/", request_der(issuer, good)), good, False)
                     break
-                except OSError:
+                except OSError as exc:
+                    last = exc
                     time.sleep(0.1)
+            else:
+                raise RuntimeError(f"openssl ocsp did not answer ({last!r}, exit {osl.poll()}): "
+                                   + (work / "openssl.log").read_text()[-1000:])
             for c in levels:
                 rows.append((f"openssl ocsp -multi {args.openssl_multi}", c,
                              pyload(obase + "/", plain_bodies, False, c, args.seconds)))
             openssl_mem = peak_rss_mb([osl.pid] + children(osl.pid))
         finally:
-            os.killpg(osl.pid, signal.SIGTERM)
+            kids = children(osl.pid)  # -multi children; its parent does not stop them on SIGTERM
+            for pid in [osl.pid] + kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             osl.wait(timeout=10)
 
     print(f"\nOCSP, {os.cpu_count()} cores, load generator wrk -t2 on the same machine, {args.seconds} s per run")
