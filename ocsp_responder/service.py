@@ -230,6 +230,9 @@ class Responder:
                            for gen, rec in latest.items()}
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        if payload == "*":  # a bulk change (e.g. a feed batch): drop everything
+            self.cache.clear()
+            return
         try:
             serial = int(payload, 16)
         except (TypeError, ValueError):

@@ -50,11 +50,9 @@ async def release(conn, revocation_id: int, *, at: dt.datetime, kind: str) -> No
                        revocation_id, at, kind)
 
 
-STATUS_CHANNEL = "shomei_status"  # NOTIFY on every status change (payload: hex serial), sent on commit
-
-
-async def notify_status(conn, serial: int) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", STATUS_CHANNEL, format(serial, "x"))
+# Every status change NOTIFYs this channel on commit with the hex serial (or '*' for a bulk change).
+# The triggers of migration 0005 send it, so no write path can forget it.
+STATUS_CHANNEL = "shomei_status"
 
 
 async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime,
@@ -79,7 +77,6 @@ async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt
     rid = await insert(conn, cert, reason=reason, revoked_at=at, effective_at=effective_at,
                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry)
     await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = $1", cert.id)
-    await notify_status(conn, cert.serial)
     return rid
 
 
@@ -92,7 +89,6 @@ async def place_hold(conn, cert: CertificateRecord, *, at: dt.datetime, source: 
     rid = await insert(conn, cert, reason=int(Reason.certificate_hold), revoked_at=at, effective_at=at,
                        invalidity_date=None, source=source, source_ref=source_ref, entry_der=entry)
     await conn.execute("UPDATE certificate SET status = 'held' WHERE id = $1", cert.id)
-    await notify_status(conn, cert.serial)
     return rid
 
 
@@ -103,7 +99,6 @@ async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int
         raise ValueError("certificate is not on hold")
     await release(conn, active.id, at=at, kind="hold_released")
     await conn.execute("UPDATE certificate SET status = 'valid' WHERE id = $1", cert.id)
-    await notify_status(conn, cert.serial)
     return active.id
 
 
@@ -146,8 +141,6 @@ async def activate_pending(conn, at: dt.datetime) -> int:
     await conn.executemany(
         "INSERT INTO audit_log (action, serial, request_id, details) VALUES ('online_revocation_effective', $1, $2, $3)",
         [(r["serial"], r["source_ref"], {"effective_at": at.isoformat()}) for r in rows])
-    await conn.executemany("SELECT pg_notify($1, $2)",
-                           [(STATUS_CHANNEL, format(int.from_bytes(r["serial"], "big"), "x")) for r in rows])
     return len(rows)
 
 
@@ -165,7 +158,7 @@ async def revoke_many(conn, items, *, at: dt.datetime, source: str, client_id: i
     ``items`` are (CertificateRecord, reason, source_ref, entry_der), rows already locked and not revoked.
     Same effects as apply_revocation for each: holds in force end as 'hold_revoked', accepted online
     revocations as 'pending_replaced', revocation rows with their CRL entry DER, status revoked, one
-    audit record per certificate, NOTIFY on commit."""
+    audit record per certificate (the status triggers notify on commit)."""
     if not items:
         return
     ids = [c.id for c, *_ in items]
@@ -187,8 +180,6 @@ async def revoke_many(conn, items, *, at: dt.datetime, source: str, client_id: i
         " FROM unnest($2::bytea[], $3::text[], $4::int[], $6::text[]) AS u(s, ref, r, k)",
         client_id, serials, [ref for _c, _r, ref, _e in items], [int(r) for _c, r, _ref, _e in items], source,
         [c.kind for c, *_ in items])
-    await conn.execute(f"SELECT pg_notify('{STATUS_CHANNEL}', ltrim(encode(s, 'hex'), '0'))"
-                       " FROM unnest($1::bytea[]) AS s", serials)
 
 
 async def mark_free_reissue(conn, rows, *, at: dt.datetime) -> None:

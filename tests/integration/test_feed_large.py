@@ -5,7 +5,10 @@ import json
 import secrets
 import time
 
+from cryptography.x509 import ocsp
+
 from tests.helpers import resident_code
+from tests.ocsp_helpers import get_path, raw_request
 
 N = 100_000
 WITH_CERTS = 5_000
@@ -28,6 +31,15 @@ async def test_hundred_thousand_events_in_one_batch(http, feed_token, rt):
     for i in range(N - WITH_CERTS):
         events.append({"event_id": f"big-n-{secrets.token_hex(6)}-{i}", "resident_code": resident_code(),
                        "kind": "moved", "occurred_at": "2025-03-01T00:00:00Z"})
+    # An OCSP answer cached before the batch must not outlive it (the bulk change notifies '*').
+    watched = next(iter(residents.values()))["signing"]  # the first resident moved: signing revoked
+    assert watched in expected_revoked
+    issuer = rt.issuers.current("signing")
+    probe = get_path(raw_request([{"hash_algorithm": {"algorithm": "sha1"}, "issuer_name_hash": issuer.name_hash_sha1,
+                                   "issuer_key_hash": issuer.key_hash_sha1, "serial_number": watched}]))
+    for _ in range(2):
+        answer = ocsp.load_der_ocsp_response(await (await http.get(probe)).read())
+        assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
     data = json.dumps({"events": events}).encode()
     started = time.perf_counter()
     resp = await http.post("/v1/residency-events", data=data, headers={
@@ -45,3 +57,5 @@ async def test_hundred_thousand_events_in_one_batch(http, feed_token, rt):
         rows = await conn.fetchval("SELECT count(*) FROM revocation WHERE serial = ANY($1::bytea[])", all_serials)
     assert {int.from_bytes(r["serial"], "big") for r in revoked} == expected_revoked
     assert rows == len(expected_revoked)
+    answer = ocsp.load_der_ocsp_response(await (await http.get(probe)).read())
+    assert answer.certificate_status == ocsp.OCSPCertStatus.REVOKED
