@@ -98,3 +98,11 @@ async def usage(conn, client_id: int, day: dt.date | None = None) -> int:
                                    client_id)
     return await conn.fetchval("SELECT coalesce(sum(answers), 0) FROM ocsp_verifier_usage"
                                " WHERE client_id = $1 AND day = $2", client_id, day)
+
+
+async def usage_report(conn, since: dt.date, until: dt.date) -> list[tuple[str, dt.date, int]]:
+    """Answers per verifier and day (JST) in [since, until], for billing."""
+    rows = await conn.fetch(
+        "SELECT c.name, u.day, u.answers FROM ocsp_verifier_usage u JOIN client c ON c.id = u.client_id"
+        " WHERE u.day BETWEEN $1 AND $2 ORDER BY c.name, u.day", since, until)
+    return [(r["name"], r["day"], r["answers"]) for r in rows]

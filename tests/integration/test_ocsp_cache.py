@@ -135,7 +135,7 @@ async def verifier_http(rt):
     await client.close()
 
 
-async def test_verifier_mode(verifier_http, http, rt, one, terminal):
+async def test_verifier_mode(verifier_http, http, rt, one, terminal, stack_env):
     client, rt2 = verifier_http
     cert, issuer, ca_der = one
     der = request_der(cert, issuer)
@@ -159,8 +159,17 @@ async def test_verifier_mode(verifier_http, http, rt, one, terminal):
     m = re.search(r'shomei_ocsp_verifier_answers_total\{verifier="%s"\} ([0-9.]+)' % name, metrics)
     assert m and float(m.group(1)) == 5
     await rt2.extras["ocsp_responder"].flush()
+    today = SystemClock().now().astimezone(JST).date()
     async with rt.pool.acquire() as conn:
-        assert await ocsp_store.usage(conn, verifier.id, SystemClock().now().astimezone(JST).date()) == 5
+        assert await ocsp_store.usage(conn, verifier.id, today) == 5
+    # the billing report an operator runs
+    import subprocess
+    import sys
+    from pathlib import Path
+    res = subprocess.run([str(Path(sys.executable).with_name("shomei")), "ocsp", "usage"], env=stack_env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"{name}\t{today}\t5" in res.stdout.splitlines()
 
 
 async def test_counts_are_flushed_on_clean_shutdown(rt, one):
