@@ -235,9 +235,12 @@ async def serve_worker(cfg, index: int) -> None:
 
 
 def _worker_main(cfg, index: int) -> None:
+    import uvloop
+
     _setup_logging()
     try:
-        asyncio.run(serve_worker(cfg, index))
+        # uvloop: the same asyncio API on libuv, markedly less overhead per request and per query.
+        uvloop.run(serve_worker(cfg, index))
     except ShomeiError as exc:
         log.error("worker %d cannot start: %s", index, exc.message)
         sys.exit(2)
