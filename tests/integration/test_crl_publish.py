@@ -456,3 +456,40 @@ async def test_scheduler_runs_inside_serve_worker_zero(rt):
     with_schedule = len(make_app(dataclasses.replace(worker, extras={"worker_index": 0})).cleanup_ctx)
     assert len(make_app(dataclasses.replace(worker, extras={"worker_index": 1})).cleanup_ctx) == with_schedule - 1
     assert len(make_app(dataclasses.replace(worker, extras={})).cleanup_ctx) == with_schedule - 1
+
+
+def _cli_env(cfg) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOMEI_")}
+    env.update({"DATABASE_URL": cfg.database_url, "SHOMEI_PKCS11_MODULE": cfg.hsm.module,
+                "SHOMEI_PKCS11_TOKEN": cfg.hsm.token_label, "SHOMEI_PKCS11_PIN_FILE": cfg.hsm.pin_file,
+                "SHOMEI_RESIDENT_KEY_FILE": cfg.security.resident_hash_key_file, "SHOMEI_VAR_DIR": cfg.var_dir,
+                "SHOMEI_PUBLIC_URL": cfg.server.public_base_url})
+    return env
+
+
+async def test_cli_publish_and_status(rt):
+    """`shomei crl publish` in its own process (its own token session), then `shomei crl status`."""
+    import sys
+
+    exe = str(Path(sys.executable).with_name("shomei"))
+    issuer = rt.issuers.current("auth")
+    async with rt.pool.acquire() as conn:
+        before = await crls.latest(conn, issuer.db_id, "full", "base")
+    proc = await asyncio.create_subprocess_exec(
+        exe, "crl", "publish", "--ca", "auth", "--full", "--no-progress", env=_cli_env(rt.cfg),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    gen = issuer.generation
+    line = next(l for l in out.decode().splitlines() if l.startswith(f"auth/g{gen}/full.crl:"))
+    number = int(line.split("number ")[1].split(",")[0])
+    assert before is None or number > before.number
+    async with rt.pool.acquire() as conn:
+        assert (await crls.latest(conn, issuer.db_id, "full", "base")).number == number
+    crl = x509.load_der_x509_crl((output_dir(rt.cfg) / f"auth/g{gen}/full.crl").read_bytes())
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number
+    proc = await asyncio.create_subprocess_exec(exe, "crl", "status", env=_cli_env(rt.cfg),
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert f"auth/g{gen}/full.crl: number {number}," in out.decode()
