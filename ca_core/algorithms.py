@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 from asn1crypto import algos, core
 
@@ -40,6 +41,11 @@ class SignatureAlgorithm:
         if self.is_rsa:
             return algos.SignedDigestAlgorithm({"algorithm": "sha256_rsa", "parameters": core.Null()})
         return algos.SignedDigestAlgorithm({"algorithm": "sha256_ecdsa"})
+
+    @cached_property
+    def identifier_der(self) -> bytes:
+        """The AlgorithmIdentifier DER, encoded once (it is in every certificate, CRL and answer)."""
+        return self.identifier().dump()
 
     @staticmethod
     def new_hash():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from asn1crypto import core, crl as acrl, x509 as ax509
 
+from . import der
 from .algorithms import SignatureAlgorithm
 from .ca import Issuer
 from .profiles import x509_time
@@ -32,20 +33,6 @@ from .revocation import Reason, encode_entry
 
 _SEQUENCE = 0x30
 _VERSION_V2 = bytes.fromhex("020101")  # Version ::= INTEGER { v1(0), v2(1) }: v2 because of extensions
-
-
-def der_length(n: int) -> bytes:
-    """DER length octets (X.690 8.1.3: short form below 128, else the minimal long form)."""
-    if n < 0:
-        raise ValueError("negative length")
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def der_header(tag: int, n: int) -> bytes:
-    return bytes([tag]) + der_length(n)
 
 
 @dataclass(frozen=True)
@@ -113,12 +100,12 @@ def extensions(spec: CRLSpec) -> acrl.TBSCertListExtensions:
 def tbs_trailer(spec: CRLSpec) -> bytes:
     """crlExtensions [0] EXPLICIT, the last field of the TBSCertList."""
     body = extensions(spec).dump()
-    return der_header(0xA0, len(body)) + body
+    return der.header(0xA0, len(body)) + body
 
 
 @functools.lru_cache(maxsize=256)
 def _fixed_fields(spec: CRLSpec) -> bytes:
-    return (_VERSION_V2 + spec.algorithm.identifier().dump() + spec.issuer.name_der
+    return (_VERSION_V2 + spec.algorithm.identifier_der + spec.issuer.name_der
             + x509_time(spec.this_update).dump() + x509_time(spec.next_update).dump())
 
 
@@ -128,9 +115,9 @@ def tbs_header(spec: CRLSpec, count: int, entries_length: int) -> bytes:
     if (count == 0) != (entries_length == 0):
         raise ValueError("count and entries_length disagree")
     fixed = _fixed_fields(spec)
-    revoked_header = der_header(_SEQUENCE, entries_length) if count else b""
+    revoked_header = der.header(_SEQUENCE, entries_length) if count else b""
     content = len(fixed) + len(revoked_header) + entries_length + len(tbs_trailer(spec))
-    return der_header(_SEQUENCE, content) + fixed + revoked_header
+    return der.header(_SEQUENCE, content) + fixed + revoked_header
 
 
 def tbs_length(spec: CRLSpec, count: int, entries_length: int) -> int:
@@ -139,12 +126,12 @@ def tbs_length(spec: CRLSpec, count: int, entries_length: int) -> int:
 
 def signed_suffix(alg: SignatureAlgorithm, signature: bytes) -> bytes:
     """signatureAlgorithm and signatureValue (a BIT STRING with no unused bits)."""
-    return alg.identifier().dump() + der_header(0x03, len(signature) + 1) + b"\x00" + signature
+    return alg.identifier_der + der.header(0x03, len(signature) + 1) + b"\x00" + signature
 
 
 def signed_prefix(tbs_len: int, suffix_len: int) -> bytes:
     """The outer SEQUENCE header of the CertificateList."""
-    return der_header(_SEQUENCE, tbs_len + suffix_len)
+    return der.header(_SEQUENCE, tbs_len + suffix_len)
 
 
 def max_suffix_length(alg: SignatureAlgorithm) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from asn1crypto import core, ocsp as aocsp, x509 as ax509
 
+from . import der
 from .algorithms import SignatureAlgorithm
 from .ca import Issuer
 
@@ -74,10 +75,10 @@ class ParsedRequest:
         return b"".join(c.cert_id_der for c in self.certs)
 
 
-def parse_request(der: bytes, *, max_certs: int = 10) -> ParsedRequest | ResponseStatus:
+def parse_request(data: bytes, *, max_certs: int = 10) -> ParsedRequest | ResponseStatus:
     """Decode an OCSPRequest; returns ParsedRequest or ResponseStatus.malformed_request, never raises."""
     try:
-        return _parse(der, max_certs)
+        return _parse(data, max_certs)
     except Exception:  # hostile DER can make asn1crypto raise anything: it is a malformed request
         return ResponseStatus.malformed_request
 
@@ -89,11 +90,11 @@ def _critical_unknown(extensions, known: tuple[str, ...]) -> bool:
     return False
 
 
-def _parse(der: bytes, max_certs: int) -> ParsedRequest | ResponseStatus:
+def _parse(data: bytes, max_certs: int) -> ParsedRequest | ResponseStatus:
     malformed = ResponseStatus.malformed_request
-    if not der or der[0] != 0x30:
+    if not data or data[0] != 0x30:
         return malformed
-    req = aocsp.OCSPRequest.load(der, strict=True)  # strict: trailing bytes are an error
+    req = aocsp.OCSPRequest.load(data, strict=True)  # strict: trailing bytes are an error
     tbs = req["tbs_request"]
     if tbs["version"].native != "v1":
         return malformed
@@ -213,22 +214,6 @@ def status_from_record(*, exists: bool, revoked_at: dt.datetime | None, reason: 
     return GOOD
 
 
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(raw),)) + raw
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + _len(len(content)) + content
-
-
-def _gtime(value: dt.datetime) -> bytes:
-    """GeneralizedTime, UTC, whole seconds (RFC 5280 4.1.2.5.2)."""
-    return b"\x18\x0f" + value.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%SZ").encode()
-
-
 def responder_key_hash(certificate_der: bytes) -> bytes:
     """ResponderID byKey: SHA-1 of the responder's subjectPublicKey BIT STRING value (RFC 6960 4.2.1)."""
     cert = ax509.Certificate.load(certificate_der)
@@ -246,10 +231,10 @@ def _cert_status(status: CertStatus) -> bytes:
         return _GOOD
     if status.kind == "unknown":
         return _UNKNOWN
-    info = _gtime(status.revoked_at)
+    info = der.generalized_time(status.revoked_at)
     if status.reason is not None:
-        info += _tlv(0xA0, b"\x0a\x01" + bytes((status.reason,)))  # [0] EXPLICIT CRLReason
-    return _tlv(0xA1, info)  # [1] IMPLICIT RevokedInfo
+        info += der.tlv(0xA0, b"\x0a\x01" + bytes((status.reason,)))  # [0] EXPLICIT CRLReason
+    return der.tlv(0xA1, info)  # [1] IMPLICIT RevokedInfo
 
 
 def response_data(*, responder_key_hash: bytes, produced_at: dt.datetime,
@@ -262,30 +247,22 @@ def response_data(*, responder_key_hash: bytes, produced_at: dt.datetime,
         raise ValueError("nextUpdate must be after thisUpdate")
     if len(responder_key_hash) != 20:
         raise ValueError("the responder key hash is a SHA-1 digest")
-    times = _gtime(this_update) + _tlv(0xA0, _gtime(next_update))
-    responses = b"".join(_tlv(0x30, cert_id_der + _cert_status(status) + times) for cert_id_der, status in singles)
-    body = (_tlv(0xA2, _tlv(0x04, responder_key_hash)) + _gtime(produced_at) + _tlv(0x30, responses))
+    times = der.generalized_time(this_update) + der.tlv(0xA0, der.generalized_time(next_update))
+    responses = b"".join(der.tlv(0x30, cert_id_der + _cert_status(status) + times) for cert_id_der, status in singles)
+    body = (der.tlv(0xA2, der.tlv(0x04, responder_key_hash)) + der.generalized_time(produced_at) + der.tlv(0x30, responses))
     if nonce is not None:
         if not 1 <= len(nonce) <= MAX_NONCE_OCTETS:
             raise ValueError("a nonce has 1 to 32 octets")
-        ext = _tlv(0x30, _NONCE_OID + _tlv(0x04, _tlv(0x04, nonce)))
-        body += _tlv(0xA1, _tlv(0x30, ext))
-    return _tlv(0x30, body)
+        ext = der.tlv(0x30, _NONCE_OID + der.tlv(0x04, der.tlv(0x04, nonce)))
+        body += der.tlv(0xA1, der.tlv(0x30, ext))
+    return der.tlv(0x30, body)
 
 
 def assemble(tbs_der: bytes, alg: SignatureAlgorithm, signature: bytes, responder_certificate_der: bytes) -> bytes:
     """OCSPResponse(successful, BasicOCSPResponse) with the responder certificate included, so that a
     client can check the delegation (RFC 6960 4.2.2.2)."""
-    basic = _tlv(0x30, tbs_der + _alg_der(alg) + _tlv(0x03, b"\x00" + signature)
-                 + _tlv(0xA0, _tlv(0x30, responder_certificate_der)))
-    return _tlv(0x30, b"\x0a\x01\x00" + _tlv(0xA0, _tlv(0x30, _BASIC_OID + _tlv(0x04, basic))))
+    basic = der.tlv(0x30, tbs_der + alg.identifier_der + der.tlv(0x03, b"\x00" + signature)
+                 + der.tlv(0xA0, der.tlv(0x30, responder_certificate_der)))
+    return der.tlv(0x30, b"\x0a\x01\x00" + der.tlv(0xA0, der.tlv(0x30, _BASIC_OID + der.tlv(0x04, basic))))
 
 
-_ALG_DER: dict[str, bytes] = {}
-
-
-def _alg_der(alg: SignatureAlgorithm) -> bytes:
-    der = _ALG_DER.get(alg.key_type)
-    if der is None:
-        der = _ALG_DER[alg.key_type] = alg.identifier().dump()
-    return der

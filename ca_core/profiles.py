@@ -163,7 +163,7 @@ class CertificateTemplate:
         self.profile = profile
         self.issuer = issuer
         usage = {"digital_signature", "non_repudiation"} if profile.kind == "signing" else {"digital_signature"}
-        self._signature_and_issuer = issuer.algorithm.identifier().dump() + issuer.name_der
+        self._signature_and_issuer = issuer.algorithm.identifier_der + issuer.name_der
         self._head_extensions = (
             _ext("key_usage", x509.KeyUsage(usage), critical=True).dump()
             + _ext("certificate_policies", _policies(profile.policy_oid, profile.cps_uri), critical=True).dump())
@@ -238,4 +238,4 @@ def _short(rdn) -> str:
 
 def assemble_certificate(tbs_der: bytes, alg: SignatureAlgorithm, signature: bytes) -> bytes:
     """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue } (RFC 5280 4.1)."""
-    return der.sequence(tbs_der, alg.identifier().dump(), der.bit_string(signature))
+    return der.sequence(tbs_der, alg.identifier_der, der.bit_string(signature))

@@ -184,25 +184,29 @@ class IssuanceService:
                 partition=partition, der=assemble_certificate(tbs, issuer.algorithm, signature),
                 issuer_label=f"{issuer.ca_id}-g{issuer.generation}"))
 
+        record = dict(client_id=client.id, request_id=req.request_id, body_hash=req.body_hash(),
+                      operator_id=operator_id, resident_hash=rhash, municipality_code=req.municipality_code,
+                      not_before=not_before, not_after=not_after)
         try:
             async with rt.pool.acquire() as conn:
-                async with conn.transaction():
-                    issuance_id = await issuance_store.claim(conn, client_id=client.id, request_id=req.request_id,
-                                                             body_hash=req.body_hash(), operator_id=operator_id)
-                    if issuance_id is None:
+                if not pre.has_live:
+                    # First certificates of these kinds: one statement, atomic on its own. Should another
+                    # issuance for the resident commit meanwhile, certificate_one_live refuses this one.
+                    if await issuance_store.record(conn, signed, **record) is None:
                         raise _Raced()
-                    # Renewal: the resident's previous certificate of the same kind is revoked (superseded).
-                    for old in await cert_store.live_of_resident(conn, rhash, [c.kind for c in signed],
-                                                                 for_update=True):
-                        await rev_store.apply_revocation(conn, old, reason=Reason.superseded, at=now, effective_at=now,
-                                                         source="supersede", source_ref=req.request_id)
-                        await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
-                                           serial=serial_bytes(old.serial), request_id=req.request_id,
-                                           details={"reason": "superseded"})
-                    await issuance_store.insert_certificates(
-                        conn, signed, issuance_id=issuance_id, resident_hash=rhash,
-                        municipality_code=req.municipality_code, not_before=not_before, not_after=not_after,
-                        client_id=client.id, operator_id=operator_id, request_id=req.request_id)
+                else:
+                    async with conn.transaction():
+                        # Renewal: the resident's previous certificate of the same kind is revoked (superseded).
+                        for old in await cert_store.live_of_resident(conn, rhash, [c.kind for c in signed],
+                                                                     for_update=True):
+                            await rev_store.apply_revocation(conn, old, reason=Reason.superseded, at=now,
+                                                             effective_at=now, source="supersede",
+                                                             source_ref=req.request_id)
+                            await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
+                                               serial=serial_bytes(old.serial), request_id=req.request_id,
+                                               details={"reason": "superseded"})
+                        if await issuance_store.record(conn, signed, **record) is None:
+                            raise _Raced()  # rolls the superseding revocations back
         except _Raced:
             async with rt.pool.acquire() as conn:
                 found = await issuance_store.find(conn, client_id=client.id, request_id=req.request_id)

@@ -277,7 +277,7 @@ async def test_database_failure_after_signing_records_nothing(http, terminal, ke
         raise ConnectionResetError("connection lost")
 
     before = await _totals(rt)
-    monkeypatch.setattr(issuance_store, "insert_certificates", failing_insert)
+    monkeypatch.setattr(issuance_store, "record", failing_insert)
     resp = await http.post("/v1/certificates", json=issue_body(keys), headers=headers(terminal))
     assert resp.status == 503
     assert await _totals(rt) == before

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import CRLEntryExtensionOID, NameOID
 
-from ca_core import crl as crl_core
+from ca_core import crl as crl_core, der
 from ca_core.algorithms import algorithm_for
 from ca_core.ca import Issuer
 from ca_core.revocation import Reason, encode_entry
@@ -129,11 +129,11 @@ def test_spec_rules(rsa_ca, bad):
 
 
 def test_der_length():
-    assert crl_core.der_length(0) == b"\x00"
-    assert crl_core.der_length(127) == b"\x7f"
-    assert crl_core.der_length(128) == b"\x81\x80"
-    assert crl_core.der_length(256) == b"\x82\x01\x00"
-    assert crl_core.der_length(1 << 24) == b"\x84\x01\x00\x00\x00"
+    assert der.length(0) == b"\x00"
+    assert der.length(127) == b"\x7f"
+    assert der.length(128) == b"\x81\x80"
+    assert der.length(256) == b"\x82\x01\x00"
+    assert der.length(1 << 24) == b"\x84\x01\x00\x00\x00"
 
 
 @pytest.mark.parametrize("delta", [False, True])
