@@ -178,6 +178,13 @@ def cryptography_rate(csrs: list[str], seconds: float = 3.0) -> float:
     return n / (time.perf_counter() - start)
 
 
+def openssl_speed() -> float:
+    """RSA-2048 signatures/s of one core with OpenSSL, now: how fast this machine is during the run."""
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "rsa2048"], capture_output=True, text=True).stdout
+    line = [l for l in out.splitlines() if l.startswith("rsa 2048 bits")][-1]
+    return float(line.split()[-2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1500, help="requests per concurrency level")
@@ -208,6 +215,7 @@ def main() -> None:
         tok1 = token_rate(env, 1)
         tokn = token_rate(env, args.workers)
     ossl = openssl_rate(csrs, 400, args.workers)
+    speed = openssl_speed()
     pyca = cryptography_rate(csrs)
     best = max(r[1] for r in rows)
     print()
@@ -220,6 +228,7 @@ def main() -> None:
     print(f"| raw token signing, {args.workers} processes | {tokn:.0f} | 1.00 |")
     print(f"| `openssl x509 -req`, {args.workers} in parallel, key in memory | {ossl:.0f} | shomei best / openssl = {best / ossl:.1f} |")
     print(f"| pyca/cryptography CertificateBuilder, 1 process, key in memory | {pyca:.0f} | shomei best / pyca = {best / pyca:.2f} |")
+    print(f"| (machine speed now) `openssl speed rsa2048`, 1 core | {speed:.0f} signatures/s | |")
     print(f"\nserver peak RSS (master + {args.workers} workers): {peak_rss:.0f} MB")
 
 
