@@ -31,3 +31,13 @@ class FixedClock:
 
     def advance(self, **delta) -> None:
         self.at = self.at + dt.timedelta(**delta)
+
+
+def parse_rfc3339(text) -> dt.datetime:
+    """An RFC 3339 date-time with its offset (e.g. 2026-11-22T09:00:00+09:00 or ...Z); raises ValueError."""
+    if not isinstance(text, str) or "T" not in text:
+        raise ValueError("not an RFC 3339 date-time")
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError("an RFC 3339 date-time needs an offset")
+    return value

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from .clock import parse_rfc3339
 from .errors import Conflict, InvalidRequest, PolicyViolation, ShomeiError, Unavailable
 from .serials import parse_serial_hex
 
@@ -192,13 +193,8 @@ def parse_document(content: bytes, expected: str) -> Document:
         serial = parse_serial_hex(data["serial"])
     except (TypeError, ValueError):
         raise _malformed(expected, "serial") from None
-    issued = data["issued_at"]
     try:
-        if not isinstance(issued, str) or "T" not in issued:
-            raise ValueError
-        issued_at = dt.datetime.fromisoformat(issued)
-        if issued_at.tzinfo is None:
-            raise ValueError
+        issued_at = parse_rfc3339(data["issued_at"])
     except ValueError:
         raise _malformed(expected, "issued_at") from None
     try:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ca_core import crl as crl_core
 from ca_core.errors import NotFound
-from shomei.http import RT
+from shomei.http import RT, run_in_background
 
 from .publisher import Publisher, output_dir
 
@@ -129,12 +129,4 @@ def setup(app, rt) -> None:
     # The schedule runs in `shomei serve` (worker 0 of each host; leases order the hosts), not in
     # applications built for tests or tools.
     if rt.cfg.crl.schedule and rt.extras.get("worker_index") == 0:
-        async def _ctx(_app):
-            task = asyncio.create_task(_scheduler(rt), name="crl-scheduler")
-            yield
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        app.cleanup_ctx.append(_ctx)
+        run_in_background(app, "crl-scheduler", lambda: _scheduler(rt))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import Counter, Histogram
 
+from ca_core.clock import parse_rfc3339
 from ca_core import errors
 from ca_core.lifecycle import FEED_RULES
 from ca_core.revocation import encode_entry
@@ -69,13 +70,8 @@ def parse_event(raw, seq: int, key: bytes, now: dt.datetime) -> FeedEvent:
     kind = raw["kind"]
     if not isinstance(kind, str) or kind not in FEED_RULES:
         raise Rejected("unknown_kind")
-    occurred = raw["occurred_at"]
     try:
-        if not isinstance(occurred, str) or "T" not in occurred:
-            raise ValueError
-        occurred_at = dt.datetime.fromisoformat(occurred)
-        if occurred_at.tzinfo is None:
-            raise ValueError
+        occurred_at = parse_rfc3339(raw["occurred_at"])
     except ValueError:
         raise Rejected("invalid_occurred_at") from None
     if occurred_at > now + MAX_FUTURE:

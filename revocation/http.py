@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ca_core import errors, online
 from ca_core.serials import parse_serial_hex
-from shomei.http import RT, authenticate, operator_id, read_body, read_model
+from shomei.http import RT, authenticate, operator_id, read_body, read_model, run_in_background
 
 from .feed import FeedService, parse_batch
 from .online_client import CONTENT_TYPE as CMS_CONTENT_TYPE
@@ -138,29 +138,18 @@ async def post_online_validity_checks(request: web.Request) -> web.Response:
     return await _online(request, "validity_check", 200)
 
 
-async def _purge_nonces(app: web.Application):
+async def _purge_nonces(rt) -> None:
     """Background: forget nonces older than revocation.nonce_retention_days (they are stale anyway)."""
     from storage import online_nonces
 
-    rt = app[RT]
-
-    async def loop():
-        while True:
-            try:
-                before = rt.clock.now() - dt.timedelta(days=rt.cfg.revocation.nonce_retention_days)
-                async with rt.pool.acquire() as conn:
-                    await online_nonces.purge(conn, before)
-            except Exception as exc:  # a failed purge is retried next hour
-                log.warning("nonce purge failed: %s", type(exc).__name__)
-            await asyncio.sleep(3600)
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    while True:
+        try:
+            before = rt.clock.now() - dt.timedelta(days=rt.cfg.revocation.nonce_retention_days)
+            async with rt.pool.acquire() as conn:
+                await online_nonces.purge(conn, before)
+        except Exception as exc:  # a failed purge is retried next hour
+            log.warning("nonce purge failed: %s", type(exc).__name__)
+        await asyncio.sleep(3600)
 
 
 def setup(app: web.Application, rt) -> None:
@@ -173,4 +162,4 @@ def setup(app: web.Application, rt) -> None:
     app.router.add_post("/v1/residency-events", post_residency_events)
     app.router.add_post("/v1/online/revocations", post_online_revocations)
     app.router.add_post("/v1/online/validity-checks", post_online_validity_checks)
-    app.cleanup_ctx.append(_purge_nonces)
+    run_in_background(app, "nonce-purge", lambda: _purge_nonces(rt))

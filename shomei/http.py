@@ -2,6 +2,8 @@
 status codes, request bodies are read under a size limit, and clients are authenticated."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -173,3 +175,15 @@ def operator_id(request: web.Request) -> str:
         raise errors.InvalidRequest("X-Operator-Id must be 1-64 characters of A-Z a-z 0-9 . _ @ -",
                                     field="X-Operator-Id", code="invalid_operator_id")
     return value
+
+
+def run_in_background(app: web.Application, name: str, make_coro) -> None:
+    """Run ``make_coro()`` as a task for the application's lifetime; cancel it on cleanup."""
+    async def _ctx(_app):
+        task = asyncio.create_task(make_coro(), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(_ctx)
