@@ -13,8 +13,14 @@ run: sysdeps $(STAMP)
 test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The benchmarks of README.md, one after the other (about 25 minutes; wrk drives the OCSP one).
 bench: sysdeps $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	@command -v wrk >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 1,8,16,32
+	$(BIN)/python -m benchmarks.bench_revocation --online 300
+	$(BIN)/python -m benchmarks.bench_ocsp
+	$(BIN)/python -m benchmarks.bench_crl --sizes 1000000,10000000
 
 # Debian packages: PostgreSQL server, SoftHSMv2, OpenSSL CLI and the venv module.
 sysdeps:
