@@ -1,7 +1,6 @@
-"""Certificates: allocation of ids (CRL partitions), inserts and look-ups."""
+"""Certificates: allocation of ids (CRL partitions) and look-ups (storage.issuance writes them)."""
 from __future__ import annotations
 
-import datetime as dt
 
 from ca_core.records import CertificateRecord
 from ca_core.serials import serial_bytes
@@ -24,16 +23,6 @@ async def allocate_ids(conn, count: int) -> list[int]:
     return [r["id"] for r in rows]
 
 
-async def insert(conn, *, id: int, ca_generation_id: int, serial: int, kind: str, resident_hash: bytes,
-                 municipality_code: str, partition: int, not_before: dt.datetime, not_after: dt.datetime,
-                 der: bytes, issuance_id: int | None) -> None:
-    await conn.execute(
-        "INSERT INTO certificate (id, ca_generation_id, serial, kind, resident_hash, municipality_code,"
-        " partition, not_before, not_after, der, issuance_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
-        id, ca_generation_id, serial_bytes(serial), kind, resident_hash, municipality_code, partition,
-        not_before, not_after, der, issuance_id)
-
-
 async def by_serial(conn, serial: int, *, for_update: bool = False) -> CertificateRecord | None:
     row = await conn.fetchrow(f"SELECT {_COLS} FROM certificate WHERE serial = $1"
                               + (" FOR UPDATE" if for_update else ""), serial_bytes(serial))
@@ -54,7 +43,3 @@ async def of_issuance(conn, issuance_id: int) -> list[CertificateRecord]:
     rows = await conn.fetch(f"SELECT {_COLS} FROM certificate WHERE issuance_id = $1 ORDER BY kind DESC",
                             issuance_id)
     return [_record(r) for r in rows]
-
-
-async def set_status(conn, certificate_id: int, status: str) -> None:
-    await conn.execute("UPDATE certificate SET status = $2 WHERE id = $1", certificate_id, status)
