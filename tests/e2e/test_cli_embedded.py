@@ -44,3 +44,13 @@ def test_ceremony_list_rollover(tmp_path):
     key_ids = [line.split("key id ")[1].split()[0] for line in blocks]
     assert len(set(names)) == 1 and "JPKI for digital signature" in names[0]
     assert len(set(key_ids)) == 2
+
+    # each generation publishes its own CRLs, signed by its own key, under the same name
+    _run(env, "crl", "publish", "--ca", "signing", "--no-progress")
+    from cryptography import x509 as cx509
+    crls = {g: cx509.load_der_x509_crl((var / "crl" / "signing" / g / "full.crl").read_bytes()) for g in ("g1", "g2")}
+    assert crls["g1"].issuer == crls["g2"].issuer
+    akis = {g: c.extensions.get_extension_for_class(cx509.AuthorityKeyIdentifier).value.key_identifier.hex()
+            for g, c in crls.items()}
+    assert sorted(akis.values()) == sorted(key_ids)
+    assert akis["g1"] != akis["g2"]
