@@ -23,7 +23,9 @@ from ca_core import crl as crl_core
 from ca_core.errors import NotFound
 from shomei.http import RT, run_in_background
 
-from .publisher import Publisher, output_dir
+from storage import crls
+
+from .publisher import Publisher, Target, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +62,41 @@ def _resolve(rt, ca: str, name: str, gen: str | None) -> str:
     return f"{ca}/{gen}/{name}"
 
 
+_PARTITION_PARTS = re.compile(r"^g([0-9]{1,4})-p([0-9]{1,9})(-delta)?\.crl$")
+
+
+async def _publish_new_partition(rt, ca: str, name: str) -> None:
+    """A certificate names its partition CRL from the moment it is issued: a partition that has
+    certificates but no CRL yet (before the scheduler's next tick) is published on this request."""
+    m = _PARTITION_PARTS.match(name)
+    if m is None:
+        return
+    generation, partition, delta = int(m.group(1)), int(m.group(2)), bool(m.group(3))
+    issuer = next((i for i in rt.issuers.generations(ca) if i.generation == generation), None)
+    if issuer is None:
+        return
+    publisher = Publisher(rt)
+    base = await publisher.targets(issuer, "base", [partition], full=False)
+    async with rt.pool.acquire() as conn:
+        if partition not in await crls.partitions(conn, issuer.db_id):
+            return
+    await publisher.publish_many(base + ([Target(issuer, base[0].scope, "delta")] if delta else []))
+
+
 async def get_crl(request: web.Request) -> web.StreamResponse:
     rt = request.app[RT]
-    rel = _resolve(rt, request.match_info["ca"], request.match_info["name"], request.match_info.get("gen"))
+    ca, name = request.match_info["ca"], request.match_info["name"]
+    rel = _resolve(rt, ca, name, request.match_info.get("gen"))
     path = output_dir(rt.cfg) / rel
     try:
         fd = os.open(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
-        raise NotFound(f"CRL {rel} has not been published", code="crl_not_published") from None
+        if request.match_info.get("gen") is None:
+            await _publish_new_partition(rt, ca, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"CRL {rel} has not been published", code="crl_not_published") from None
     try:
         st = os.fstat(fd)
         info = _info(fd, (rel, st.st_ino, st.st_mtime_ns, st.st_size))
