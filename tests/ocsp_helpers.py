@@ -67,9 +67,28 @@ def status_of(der: bytes) -> str:
     return aocsp.OCSPResponse.load(der, strict=True)["response_status"].native
 
 
+async def delivered(rt, serial: int, since: int, timeout: float = 2.0) -> None:
+    """Wait until this process's responder has received the status notification of ``serial`` sent on
+    commit (PostgreSQL delivers it asynchronously, within milliseconds): the memory cache follows the
+    notifications, while the database cache is invalidated in the committing transaction itself."""
+    if "ocsp_responder" not in rt.extras:
+        return
+    cache = rt.extras["ocsp_responder"].cache
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if cache._invalidated.get(serial, -1) > since or cache._floor > since:
+            return
+        await asyncio.sleep(0.002)
+
+
+def _seq(rt) -> int:
+    return rt.extras["ocsp_responder"].cache.seq if "ocsp_responder" in rt.extras else 0
+
+
 async def revoke(rt, serial: int, reason: int, *, effective: bool = True, source: str = "window") -> None:
     """Revoke through storage, as the revocation service does (row lock, audit, notify on commit)."""
     now = SystemClock().now()
+    since = _seq(rt)
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             cert = await certificates.by_serial(conn, serial, for_update=True)
@@ -78,22 +97,28 @@ async def revoke(rt, serial: int, reason: int, *, effective: bool = True, source
                                                source_ref=None)
             await audit.record(conn, action="revoke", operator_id="test", serial=cert.serial.to_bytes(16, "big"),
                                details={"reason": reason})
+    if effective:
+        await delivered(rt, serial, since)
 
 
 async def hold(rt, serial: int) -> None:
     now = SystemClock().now()
+    since = _seq(rt)
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             cert = await certificates.by_serial(conn, serial, for_update=True)
             await revocations.place_hold(conn, cert, at=now)
+    await delivered(rt, serial, since)
 
 
 async def release(rt, serial: int) -> None:
     now = SystemClock().now()
+    since = _seq(rt)
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             cert = await certificates.by_serial(conn, serial, for_update=True)
             await revocations.release_hold(conn, cert, at=now)
+    await delivered(rt, serial, since)
 
 
 async def openssl_ocsp(*args: str) -> tuple[int, str]:

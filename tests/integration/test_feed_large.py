@@ -11,6 +11,21 @@ from tests.helpers import resident_code
 from tests.ocsp_helpers import get_path, raw_request
 
 N = 100_000
+
+
+async def _codes_without_certificates(rt, n: int) -> list[str]:
+    """``n`` distinct resident codes of nobody holding a certificate in the shared test database."""
+    from ca_core.resident import resident_hash
+
+    codes: set[str] = set()
+    while len(codes) < n:
+        fresh = {resident_code() for _ in range(n - len(codes))} - codes
+        async with rt.pool.acquire() as conn:
+            taken = {bytes(r["resident_hash"]) for r in await conn.fetch(
+                "SELECT resident_hash FROM certificate WHERE resident_hash = ANY($1::bytea[])",
+                [resident_hash(rt.resident_key, c) for c in fresh])}
+        codes |= {c for c in fresh if resident_hash(rt.resident_key, c) not in taken}
+    return sorted(codes)
 WITH_CERTS = 5_000
 
 
@@ -28,8 +43,8 @@ async def test_hundred_thousand_events_in_one_batch(http, feed_token, rt):
             expected_revoked.add(serials["signing"])
         elif kind in ("died", "emigrated"):
             expected_revoked.update(serials.values())
-    for i in range(N - WITH_CERTS):
-        events.append({"event_id": f"big-n-{secrets.token_hex(6)}-{i}", "resident_code": resident_code(),
+    for i, code in enumerate(await _codes_without_certificates(rt, N - WITH_CERTS)):
+        events.append({"event_id": f"big-n-{secrets.token_hex(6)}-{i}", "resident_code": code,
                        "kind": "moved", "occurred_at": "2025-03-01T00:00:00Z"})
     # An OCSP answer cached before the batch must not outlive it (the bulk change notifies '*').
     watched = next(iter(residents.values()))["signing"]  # the first resident moved: signing revoked

@@ -16,14 +16,16 @@ from cryptography.x509 import ocsp
 from ca_core.clock import JST, SystemClock
 from storage import clients, ocsp as ocsp_store
 from tests.helpers import certs_by_kind, issue, issue_body
-from tests.ocsp_helpers import check_response, get_path, request_der, revoke, status_of
+from tests.ocsp_helpers import check_response, delivered, get_path, request_der, revoke, status_of
 
 OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
 
 
 @pytest.fixture
 async def one(http, terminal, keys, rt):
+    since = rt.extras["ocsp_responder"].cache.seq
     cert = certs_by_kind(await issue(http, terminal, issue_body(keys, kinds=("auth",))))["auth"]
+    await delivered(rt, cert.serial_number, since)  # the new certificate's notification (it was "unknown")
     issuer = x509.load_der_x509_certificate(rt.issuers.current("auth").certificate_der)
     return cert, issuer, issuer.public_bytes(serialization.Encoding.DER)
 
