@@ -59,7 +59,7 @@ def child_shomei(kind: str) -> None:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
     from ca_core import config
     from crl_publisher.publisher import Publisher, Target
-    from shomei.runtime import open_runtime
+    from plumbing.runtime import open_runtime
 
     async def run():
         rt = await open_runtime(config.load(), migrate=False)
@@ -70,7 +70,7 @@ def child_shomei(kind: str) -> None:
             # not yet prepared), the second as the scheduler inside `shomei serve` runs it
             for _ in range(2 if kind == "delta" else 1):
                 start = time.perf_counter()
-                outcome = await Publisher(rt).publish(Target(issuer, "full", kind))
+                outcome = await Publisher.from_runtime(rt).publish(Target(issuer, "full", kind))
                 times.append(time.perf_counter() - start)
             p = outcome.published
             return times[-1], {"entries": p.entries, "bytes": p.bytes, "path": p.path, "number": p.number,
@@ -277,7 +277,7 @@ def make_openssl_ca(workdir: Path) -> None:
 
 async def _prepare(stack: Stack):
     from shomei.operations import run_ceremony
-    from shomei.runtime import open_runtime
+    from plumbing.runtime import open_runtime
 
     rt = await open_runtime(stack.config())
     await run_ceremony(rt)

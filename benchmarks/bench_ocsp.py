@@ -46,17 +46,17 @@ async def populate(cfg, n: int, revoke_every: int, out: Path) -> dict:
     every ``revoke_every``-th, and write what `openssl ocsp` needs: the index, the CA certificate and a
     software responder key with a (self-signed) certificate; it signs every answer, as ours do on a miss."""
     from ca_core.resident import BasicFour
-    from ca_core.revocation import Reason
+    from ca_core.revocation import Reason, encode_entry
     from issuance.service import IssuanceService, IssueRequest
     from shomei.operations import run_ceremony
-    from shomei.runtime import open_runtime
+    from plumbing.runtime import open_runtime
     from storage import certificates, clients, revocations
 
     rt = await open_runtime(cfg)
     try:
         await run_ceremony(rt)
         issuer = rt.issuers.current("auth")
-        service = IssuanceService(rt)
+        service = IssuanceService.from_runtime(rt)
         async with rt.pool.acquire() as conn:
             client, _tok = await clients.register(conn, kind="terminal", name="bench-ocsp-terminal",
                                                   municipality_code="131016")
@@ -85,7 +85,8 @@ async def populate(cfg, n: int, revoke_every: int, out: Path) -> dict:
                 async with conn.transaction():
                     rec = await certificates.by_serial(conn, serial, for_update=True)
                     await revocations.apply_revocation(conn, rec, reason=int(Reason.key_compromise), at=now,
-                                                       effective_at=now, source="operator", source_ref="bench")
+                                                       effective_at=now, source="operator", source_ref="bench",
+                                                       entry_der=encode_entry(rec.serial, now, Reason.key_compromise))
             not_after = await conn.fetchval("SELECT max(not_after) FROM certificate")
     finally:
         await rt.close()

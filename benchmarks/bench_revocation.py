@@ -101,6 +101,7 @@ async def _naive_feed(stack, codes: list[str], key: bytes) -> float:
     import asyncpg
 
     from ca_core.resident import resident_hash
+    from ca_core.revocation import Reason, encode_entry
     from storage import audit, certificates, revocations
 
     conn = await asyncpg.connect(stack.url)
@@ -112,8 +113,9 @@ async def _naive_feed(stack, codes: list[str], key: bytes) -> float:
             async with conn.transaction():
                 for cert in await certificates.live_of_resident(conn, resident_hash(key, code), ("signing",),
                                                                 for_update=True):
-                    await revocations.apply_revocation(conn, cert, reason=3, at=now, effective_at=now,
-                                                       source="feed", source_ref=code)
+                    await revocations.apply_revocation(
+                        conn, cert, reason=3, at=now, effective_at=now, source="feed", source_ref=code,
+                        entry_der=encode_entry(cert.serial, now, Reason.affiliation_changed))
                     await audit.record(conn, action="revoke", serial=cert.serial.to_bytes(16, "big"))
     finally:
         await conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 from asn1crypto import x509 as ax509
 
@@ -93,3 +94,16 @@ class IssuerSet:
 
     def generations(self, ca_id: str) -> list[Issuer]:
         return sorted((i for i in self._by_id.values() if i.ca_id == ca_id), key=lambda i: i.generation)
+
+
+class IssuerSource(Protocol):
+    """Where a service reads the CA generations of the moment (a rollover changes them)."""
+
+    issuers: IssuerSet
+
+
+class FixedIssuers:
+    """An IssuerSource that never changes (tools and tests)."""
+
+    def __init__(self, issuers: IssuerSet):
+        self.issuers = issuers

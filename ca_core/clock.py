@@ -41,3 +41,8 @@ def parse_rfc3339(text) -> dt.datetime:
     if value.tzinfo is None:
         raise ValueError("an RFC 3339 date-time needs an offset")
     return value
+
+
+def format_rfc3339(value: dt.datetime) -> str:
+    """An aware date-time as RFC 3339 in UTC with a Z (e.g. 2026-11-22T00:00:00Z)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,35 +1,60 @@
-"""Configuration model: frozen dataclasses, loaded from a TOML file and environment variables.
+"""Configuration of shomei: immutable pydantic models, loaded from a TOML file and environment variables.
 
-Unknown keys are rejected, values are checked once at load (ConfigError), and nothing else reads the
-environment. Names of the CAs are configuration, never hard-coded in the profiles.
+``load()`` starts from the defaults (the embedded test environment), applies the TOML file and then a
+fixed set of environment variables, and checks everything once: unknown keys, wrong types (validation
+is strict: "8080" is not a port and ``true`` is not a number) and the cross-field rules of
+``validate()``. Every problem is raised as ConfigError naming the key or the environment variable at
+fault. Nothing else reads the environment. The names of the CAs are configuration, never hard-coded in
+the profiles.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from .errors import ConfigError
 
 CA_IDS = ("signing", "auth")
-KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ec-p256")
+KeyType = Literal["rsa2048", "rsa3072", "rsa4096", "ec-p256"]
+KEY_TYPES: tuple[str, ...] = typing.get_args(KeyType)
+OCSPAccess = Literal["open", "verifier"]
 
 # RDN attribute short names accepted in configured names.
 NAME_ATTRS = ("C", "ST", "L", "O", "OU", "CN")
 
+# TOML has arrays, not tuples: these tuple fields accept a list (Strict(False) on the containers only;
+# their items stay strictly typed).
+IntTuple = Annotated[tuple[int, ...], Strict(False)]
+NamePairs = Annotated[tuple[Annotated[tuple[str, str], Strict(False)], ...], Strict(False)]
 
-@dataclass(frozen=True)
-class CAConfig:
+_Self = typing.TypeVar("_Self", bound="_Section")
+
+
+class _Section(BaseModel):
+    """Base of every configuration model: unknown keys refused, immutable, strictly typed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def replace(self: _Self, **changes: typing.Any) -> _Self:
+        """A validated copy with ``changes`` applied; raises ConfigError for an unknown field or a bad value."""
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        data.update(changes)
+        return _validate(type(self), data, type(self).__name__)
+
+
+class CAConfig(_Section):
     """One certificate authority (signing or user-authentication)."""
 
-    subject: tuple[tuple[str, str], ...]
-    issuer_alt_name: tuple[tuple[str, str], ...]
+    subject: NamePairs  # (attribute, value) pairs, attributes from NAME_ATTRS
+    issuer_alt_name: NamePairs
     policy_oid: str
     cps_uri: str
-    key_type: str = "rsa2048"
+    key_type: KeyType = "rsa2048"
     root_validity_days: int = 3650
     responder_validity_days: int = 30
     responder_renew_days: int = 7
@@ -45,27 +70,24 @@ def _default_ca(ou: str, policy: str, ian_ou: str) -> CAConfig:
     )
 
 
-@dataclass(frozen=True)
-class CAs:
-    signing: CAConfig = field(default_factory=lambda: _default_ca(
+class CAs(_Section):
+    signing: CAConfig = Field(default_factory=lambda: _default_ca(
         "JPKI for digital signature", "1.2.392.200149.8.5.1.0.20", "署名用認証局"))
-    auth: CAConfig = field(default_factory=lambda: _default_ca(
+    auth: CAConfig = Field(default_factory=lambda: _default_ca(
         "JPKI for user authentication", "1.2.392.200149.8.5.1.3.30", "利用者証明用認証局"))
 
     def get(self, ca_id: str) -> CAConfig:
         return getattr(self, ca_id)
 
 
-@dataclass(frozen=True)
-class HSMConfig:
+class HSMConfig(_Section):
     module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str = "shomei"
     pin_file: str | None = None  # a file holding the user PIN (mode 0600)
     pin_env: str = "SHOMEI_PKCS11_PIN"  # or an environment variable holding it
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -74,25 +96,22 @@ class ServerConfig:
     db_pool_size: int = 16
 
 
-@dataclass(frozen=True)
-class IssuanceConfig:
+class IssuanceConfig(_Section):
     partition_size: int = 100_000  # certificates per CRL partition: <= 100k entries keeps a CRL < 10 MB
-    rsa_key_sizes: tuple[int, ...] = (2048,)
+    rsa_key_sizes: IntTuple = (2048,)
     publish_deltas: bool = True  # adds freshestCRL to certificates
     renewal_window_days: int = 92
 
 
-@dataclass(frozen=True)
-class SecurityConfig:
+class SecurityConfig(_Section):
     resident_hash_key_file: str | None = None  # HMAC key for resident codes
 
 
-@dataclass(frozen=True)
-class OCSPConfig:
+class OCSPConfig(_Section):
     """The OCSP responder (ocsp_responder/). JPKI refreshes its answers every 15 minutes; ours state
     the status of the moment they are signed and live at most ``validity_seconds``."""
 
-    access: str = "open"  # open | verifier (registered verifiers with a bearer credential)
+    access: OCSPAccess = "open"  # open | verifier (registered verifiers with a bearer credential)
     validity_seconds: int = 900  # nextUpdate - thisUpdate
     refresh_seconds: int = 300  # a cached answer older than this is signed anew on the next request
     max_certs_per_request: int = 10
@@ -105,8 +124,7 @@ class OCSPConfig:
     reload_seconds: int = 60  # how often each process picks up new responder certificates and CA keys
 
 
-@dataclass(frozen=True)
-class RevocationConfig:
+class RevocationConfig(_Section):
     """Window revocations, the resident-register feed and the online window."""
 
     feed_max_body_bytes: int = 64 * 1024 * 1024  # a batch of 100,000 events is about 15 MB of JSON
@@ -119,8 +137,7 @@ class RevocationConfig:
     nonce_retention_days: int = 7
 
 
-@dataclass(frozen=True)
-class CRLConfig:
+class CRLConfig(_Section):
     """The CRL publisher (crl_publisher/): complete (full and partition) CRLs and deltas."""
 
     output_dir: str | None = None  # published files; default {var_dir}/crl (share it between web hosts)
@@ -134,62 +151,61 @@ class CRLConfig:
     stream_connections: int = 2  # connections streaming one CRL in parallel (same snapshot)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(_Section):
     database_url: str | None = None
     var_dir: str = "var"
-    hsm: HSMConfig = field(default_factory=HSMConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    issuance: IssuanceConfig = field(default_factory=IssuanceConfig)
-    security: SecurityConfig = field(default_factory=SecurityConfig)
-    crl: CRLConfig = field(default_factory=CRLConfig)
-    revocation: RevocationConfig = field(default_factory=RevocationConfig)
-    ca: CAs = field(default_factory=CAs)
-    ocsp: OCSPConfig = field(default_factory=OCSPConfig)
+    hsm: HSMConfig = Field(default_factory=HSMConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    issuance: IssuanceConfig = Field(default_factory=IssuanceConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    crl: CRLConfig = Field(default_factory=CRLConfig)
+    revocation: RevocationConfig = Field(default_factory=RevocationConfig)
+    ca: CAs = Field(default_factory=CAs)
+    ocsp: OCSPConfig = Field(default_factory=OCSPConfig)
 
     @property
     def embedded(self) -> bool:
         """No DATABASE_URL: run the embedded PostgreSQL cluster and SoftHSM token under var/."""
         return self.database_url is None
 
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
+
+_M = typing.TypeVar("_M", bound=_Section)
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+def _validate(cls: type[_M], data: typing.Any, where: str) -> _M:
+    """``cls.model_validate(data)``, a ValidationError turned into a ConfigError named after ``where``."""
     try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        message, field = _describe(exc, where)
+        raise ConfigError(message, field=field) from None
 
 
-def _coerce(hint, value, where: str):
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list")
-        inner = args[0]
-        return tuple(_coerce(inner, v, where) for v in value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None:
-            return None
-        return _coerce([a for a in args if a is not type(None)][0], value, where)
-    if hint in (int, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
-    return value
+def _dotted(where: str, loc: tuple) -> str:
+    return where + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
+def _describe(exc: ValidationError, where: str) -> tuple[str, str]:
+    """The message of the first error, as "where.key.path: problem", and that path. Unknown keys come
+    first: a misspelt key also makes the key it was meant to be look missing."""
+    errors = exc.errors(include_url=False)
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        unknown = sorted({str(e["loc"][-1]) for e in errors
+                          if e["type"] == "extra_forbidden" and tuple(e["loc"][:-1]) == parent})
+        path = _dotted(where, parent)
+        return f"{path}: unknown key(s) {', '.join(unknown)}", path
+    path = _dotted(where, loc)
+    kind, msg, value = first["type"], first["msg"], first.get("input")
+    if kind == "model_type":
+        msg = f"expected a table, got {type(value).__name__}"
+    elif kind == "literal_error":
+        msg = f"{msg}, got {value!r}"
+    elif kind.endswith("_type"):
+        msg = f"{msg}, got {type(value).__name__}"
+    return f"{path}: {msg}", path
 
 
 def validate(cfg: Config) -> Config:
@@ -233,11 +249,24 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _from_env(section: _M, var: str, **changes: typing.Any) -> _M:
+    """``section.replace(**changes)`` for environment variable ``var``; a bad value names the variable."""
+    try:
+        return section.replace(**changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{var}: {exc.message}", field=var) from None
+
+
 def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
     """Load configuration: defaults, then the TOML file (SHOMEI_CONFIG), then environment overrides.
 
     Environment: DATABASE_URL, SHOMEI_PKCS11_MODULE, SHOMEI_PKCS11_TOKEN, SHOMEI_PKCS11_PIN_FILE,
     SHOMEI_LISTEN (host:port), SHOMEI_PUBLIC_URL, SHOMEI_VAR_DIR, SHOMEI_WORKERS, SHOMEI_RESIDENT_KEY_FILE.
+    Raises ConfigError (never a pydantic ValidationError) naming the key or variable at fault.
     """
     env = os.environ if env is None else env
     data: dict = {}
@@ -249,27 +278,38 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
             raise ConfigError(f"configuration file {path} not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path}: {exc}") from None
-    cfg = _build(Config, data, "config")
-    hsm, server = cfg.hsm, cfg.server
+    cfg = _validate(Config, data, "config")
+
     if "DATABASE_URL" in env:
-        cfg = cfg.replace(database_url=env["DATABASE_URL"] or None)
+        cfg = _from_env(cfg, "DATABASE_URL", database_url=env["DATABASE_URL"] or None)
     if "SHOMEI_VAR_DIR" in env:
-        cfg = cfg.replace(var_dir=env["SHOMEI_VAR_DIR"])
-    hsm = dataclasses.replace(
-        hsm,
-        module=env.get("SHOMEI_PKCS11_MODULE", hsm.module),
-        token_label=env.get("SHOMEI_PKCS11_TOKEN", hsm.token_label),
-        pin_file=env.get("SHOMEI_PKCS11_PIN_FILE", hsm.pin_file),
-    )
+        cfg = _from_env(cfg, "SHOMEI_VAR_DIR", var_dir=env["SHOMEI_VAR_DIR"])
+
+    hsm = cfg.hsm
+    for var, key in (("SHOMEI_PKCS11_MODULE", "module"), ("SHOMEI_PKCS11_TOKEN", "token_label"),
+                     ("SHOMEI_PKCS11_PIN_FILE", "pin_file")):
+        if var in env:
+            hsm = _from_env(hsm, var, **{key: env[var]})
+
+    server = cfg.server
     if "SHOMEI_LISTEN" in env:
-        host, _, port = env["SHOMEI_LISTEN"].rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("SHOMEI_LISTEN must be host:port")
-        server = dataclasses.replace(server, host=host, port=int(port))
+        listen = env["SHOMEI_LISTEN"]
+        host, _, port = listen.rpartition(":")
+        if not host or not _digits(port):
+            raise ConfigError(f"SHOMEI_LISTEN must be host:port, got {listen!r}", field="SHOMEI_LISTEN")
+        server = _from_env(server, "SHOMEI_LISTEN", host=host, port=int(port))
     if "SHOMEI_PUBLIC_URL" in env:
-        server = dataclasses.replace(server, public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
+        server = _from_env(server, "SHOMEI_PUBLIC_URL", public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
     if "SHOMEI_WORKERS" in env:
-        server = dataclasses.replace(server, workers=int(env["SHOMEI_WORKERS"]))
+        workers = env["SHOMEI_WORKERS"].strip()
+        if not _digits(workers) or int(workers) < 1:
+            raise ConfigError(f"SHOMEI_WORKERS must be a positive whole number, got {env['SHOMEI_WORKERS']!r}",
+                              field="SHOMEI_WORKERS")
+        server = _from_env(server, "SHOMEI_WORKERS", workers=int(workers))
+
+    security = cfg.security
     if "SHOMEI_RESIDENT_KEY_FILE" in env:
-        cfg = cfg.replace(security=dataclasses.replace(cfg.security, resident_hash_key_file=env["SHOMEI_RESIDENT_KEY_FILE"]))
-    return validate(cfg.replace(hsm=hsm, server=server))
+        security = _from_env(security, "SHOMEI_RESIDENT_KEY_FILE",
+                             resident_hash_key_file=env["SHOMEI_RESIDENT_KEY_FILE"])
+
+    return validate(cfg.replace(hsm=hsm, server=server, security=security))

@@ -7,7 +7,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, PolicyViolation
 
 MAX_CSR_PEM = 16384
 
@@ -35,24 +35,24 @@ def check_csr(pem: str, *, field: str, rsa_key_sizes: tuple[int, ...]) -> Checke
         raise InvalidRequest(f"{field} is not a valid PEM PKCS#10 request ({type(exc).__name__})",
                              field=field, code="bad_csr") from None
     except Exception:  # unsupported key algorithms surface as other exception types
-        raise InvalidRequest(f"{field}: the public key type is not allowed; RSA keys only",
+        raise PolicyViolation(f"{field}: the public key type is not allowed; RSA keys only",
                              field=field, code="key_not_allowed") from None
     if not isinstance(key, rsa.RSAPublicKey):
-        raise InvalidRequest(f"{field}: the public key type is not allowed; RSA keys only",
+        raise PolicyViolation(f"{field}: the public key type is not allowed; RSA keys only",
                              field=field, code="key_not_allowed")
     if key.key_size not in rsa_key_sizes:
-        raise InvalidRequest(f"{field}: RSA-{key.key_size} is not allowed; allowed sizes: "
+        raise PolicyViolation(f"{field}: RSA-{key.key_size} is not allowed; allowed sizes: "
                              f"{', '.join(map(str, rsa_key_sizes))}", field=field, code="key_not_allowed")
     e = key.public_numbers().e
     if e < 65537 or e % 2 == 0:
-        raise InvalidRequest(f"{field}: RSA public exponent must be odd and at least 65537",
+        raise PolicyViolation(f"{field}: RSA public exponent must be odd and at least 65537",
                              field=field, code="key_not_allowed")
     try:
         valid = csr.is_signature_valid
     except Exception:
         valid = False
     if not valid:
-        raise InvalidRequest(f"{field}: the request's signature does not verify (no proof of possession)",
+        raise PolicyViolation(f"{field}: the request's signature does not verify (no proof of possession)",
                              field=field, code="csr_signature_invalid")
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return CheckedCSR(spki_der=spki, key_id=x509.SubjectKeyIdentifier.from_public_key(key).digest,

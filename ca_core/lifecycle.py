@@ -10,9 +10,9 @@ import datetime as dt
 from dataclasses import dataclass
 
 from .errors import PolicyViolation
+from .kinds import AUTH, KINDS, SIGNING
 from .revocation import Reason
 
-KINDS = ("signing", "auth")
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,11 @@ WINDOW_RULES: dict[str, Rule] = {
 # Resident-register feed event kinds (住基連携 異動等失効情報).
 FEED_RULES: dict[str, Rule] = {
     # A change of the basic-4 information: only the signing certificate carries it.
-    "moved": Rule(("signing",), Reason.affiliation_changed),
-    "name_changed": Rule(("signing",), Reason.affiliation_changed),
-    "birth_date_corrected": Rule(("signing",), Reason.affiliation_changed),
-    "sex_corrected": Rule(("signing",), Reason.affiliation_changed),
-    "address_notation_changed": Rule(("signing",), Reason.affiliation_changed, free_reissue=True),
+    "moved": Rule((SIGNING,), Reason.affiliation_changed),
+    "name_changed": Rule((SIGNING,), Reason.affiliation_changed),
+    "birth_date_corrected": Rule((SIGNING,), Reason.affiliation_changed),
+    "sex_corrected": Rule((SIGNING,), Reason.affiliation_changed),
+    "address_notation_changed": Rule((SIGNING,), Reason.affiliation_changed, free_reissue=True),
     # 市町村合併: nothing is revoked; the holder may get a new certificate free of charge.
     "municipal_merger": Rule((), Reason.unspecified, free_reissue=True),
     "died": Rule(KINDS, Reason.cessation_of_operation),
@@ -51,7 +51,7 @@ FEED_RULES: dict[str, Rule] = {
 }
 
 # An online revocation application (the holder asks).
-ONLINE_RULE = Rule(("signing", "auth"), Reason.cessation_of_operation)
+ONLINE_RULE = Rule(KINDS, Reason.cessation_of_operation)
 
 
 def window_rule(reason: str) -> Rule:
@@ -71,12 +71,12 @@ def cascade_reason(reason: Reason) -> Reason:
 
 def cascades(kind: str) -> bool:
     """Revoking a certificate of ``kind`` revokes the resident's signing certificate too (auth only)."""
-    return kind == "auth"
+    return kind == AUTH
 
 
 def check_hold_release(kind: str) -> None:
     """A signing-certificate hold can never be released: it ends only in revocation (MISSION.md)."""
-    if kind == "signing":
+    if kind == SIGNING:
         raise PolicyViolation(
             "a hold on a signing certificate cannot be released; it ends only in revocation "
             "(POST /v1/revocations), after which a new certificate may be issued",

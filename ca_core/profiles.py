@@ -17,10 +17,10 @@ from .algorithms import SignatureAlgorithm
 from .ca import Issuer, key_identifier
 from .clock import JST, UTC
 from .config import CAConfig, Config
+from .kinds import SIGNING
 from .names import build_name
 from .resident import BasicFour, nth_birthday_after
 
-KINDS = ("signing", "auth")
 
 # JPKI otherName type ids for the basic 4 information (MISSION.md).
 OID_NAME = "1.2.392.200149.8.5.5.1"
@@ -94,7 +94,7 @@ def _rdn(attr: str, value: str) -> bytes:
 
 def end_entity_subject(kind: str, prefecture: str | None, municipality: str | None, issue_id: str) -> bytes:
     """Subject DER. signing: C=JP, L=prefecture, L=municipality, CN=issue id; auth: C=JP, CN=id."""
-    if kind == "signing":
+    if kind == SIGNING:
         return der.sequence(_rdn("C", "JP"), _rdn("L", prefecture), _rdn("L", municipality), _rdn("CN", issue_id))
     return der.sequence(_rdn("C", "JP"), _rdn("CN", issue_id))
 
@@ -162,7 +162,7 @@ class CertificateTemplate:
     def __init__(self, profile: CertificateProfile, issuer: Issuer):
         self.profile = profile
         self.issuer = issuer
-        usage = {"digital_signature", "non_repudiation"} if profile.kind == "signing" else {"digital_signature"}
+        usage = {"digital_signature", "non_repudiation"} if profile.kind == SIGNING else {"digital_signature"}
         self._signature_and_issuer = issuer.algorithm.identifier_der + issuer.name_der
         self._head_extensions = (
             _ext("key_usage", x509.KeyUsage(usage), critical=True).dump()
@@ -184,7 +184,7 @@ class CertificateTemplate:
     def tbs(self, *, serial: int, spki_der: bytes, key_id: bytes, subject_der: bytes, basic4: BasicFour | None,
             not_before: dt.datetime, not_after: dt.datetime, partition: str) -> bytes:
         """TBSCertificate DER of a resident's certificate (RFC 5280 4.1)."""
-        if self.profile.kind == "signing":
+        if self.profile.kind == SIGNING:
             if basic4 is None:
                 raise ValueError("a signing certificate needs the basic 4 information")
             san = basic4_alt_names(basic4)

@@ -57,17 +57,17 @@ def check_text(value: str, flags: str, *, field: str, flags_field: str, max_char
                              field=field, code="too_long")
     for pos, ch in enumerate(value):
         if not in_repertoire(ch):
-            raise InvalidRequest(
+            raise PolicyViolation(
                 f"{field} contains U+{ord(ch):04X} {ch!r} at position {pos + 1}, which is outside the "
                 "JIS X 0208/0212 repertoire; replace it with a substitute character and set its flag",
                 field=field, code="character_not_allowed")
     if not isinstance(flags, str) or len(flags) != len(value):
-        raise InvalidRequest(
+        raise PolicyViolation(
             f"{flags_field} must have one flag per character of {field} ({len(value)}), "
             f"got {len(flags) if isinstance(flags, str) else 'none'}",
             field=flags_field, code="substitute_flags_mismatch")
     if flags.strip("01"):
-        raise InvalidRequest(f"{flags_field} may only contain '0' and '1'",
+        raise PolicyViolation(f"{flags_field} may only contain '0' and '1'",
                              field=flags_field, code="substitute_flags_mismatch")
 
 
@@ -87,19 +87,19 @@ def parse_birth_date(value: str, today: dt.date, field: str = "resident.birth_da
     """Parse EYYYYMMDD (era digit + Gregorian date); the era must match the date unless it is 0."""
     m = _BIRTH.match(value) if isinstance(value, str) else None
     if not m:
-        raise InvalidRequest("birth_date must be EYYYYMMDD: an era digit 0-5 and a Gregorian date",
+        raise PolicyViolation("birth_date must be EYYYYMMDD: an era digit 0-5 and a Gregorian date",
                              field=field, code="invalid_birth_date")
     try:
         day = dt.date(int(m.group(2)), int(m.group(3)), int(m.group(4)))
     except ValueError:
-        raise InvalidRequest(f"birth_date {value!r} is not a calendar date", field=field,
+        raise PolicyViolation(f"birth_date {value!r} is not a calendar date", field=field,
                              code="invalid_birth_date") from None
     era = int(m.group(1))
     if era != 0 and era != era_of(day):
-        raise InvalidRequest(f"birth_date {value!r}: era digit {era} does not match {day.isoformat()} "
+        raise PolicyViolation(f"birth_date {value!r}: era digit {era} does not match {day.isoformat()} "
                              f"(era {era_of(day)})", field=field, code="invalid_birth_date")
     if day > today:
-        raise InvalidRequest("birth_date is in the future", field=field, code="invalid_birth_date")
+        raise PolicyViolation("birth_date is in the future", field=field, code="invalid_birth_date")
     return day
 
 
@@ -144,7 +144,7 @@ class BasicFour:
         check_text(self.address, self.address_substitutes, field="resident.address",
                    flags_field="resident.address_substitutes", max_chars=MAX_ADDRESS_CHARS)
         if self.sex not in SEX_CODES:
-            raise InvalidRequest("sex must be one of 1 (male), 2 (female), 3 (unknown), 9 (not applicable)",
+            raise PolicyViolation("sex must be one of 1 (male), 2 (female), 3 (unknown), 9 (not applicable)",
                                  field="resident.sex", code="invalid_sex")
         return parse_birth_date(self.birth_date, today)
 

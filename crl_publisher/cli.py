@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import click
 
+from ca_core.kinds import KINDS
+from plumbing.cli import CommandContext, pass_context
+
 
 def register(main: click.Group) -> None:
     main.add_command(crl)
@@ -14,7 +17,7 @@ def crl() -> None:
 
 
 @crl.command("publish")
-@click.option("--ca", "ca_ids", type=click.Choice(["signing", "auth"]), multiple=True,
+@click.option("--ca", "ca_ids", type=click.Choice(KINDS), multiple=True,
               help="CA to publish for (default: both).")
 @click.option("--full", "kind", flag_value="base", help="Complete CRLs only (full and partitions).")
 @click.option("--delta", "kind", flag_value="delta", help="Delta CRLs only (against the last complete CRLs).")
@@ -22,24 +25,18 @@ def crl() -> None:
 @click.option("--partition", "partitions", type=int, multiple=True,
               help="Only these partitions (and not the full CRL).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def publish(ca_ids, kind, generation, partitions, no_progress) -> None:
+@pass_context
+def publish(ctx: CommandContext, ca_ids, kind, generation, partitions, no_progress) -> None:
     """Publish CRLs now: by default the complete CRLs (full and every partition) and then their deltas."""
-    from shomei.cli import _config, _fail, run_async
-    from ca_core.errors import ShomeiError
-
     from .publisher import Publisher
 
-    try:
-        cfg = _config()
-    except ShomeiError as exc:
-        _fail(exc)
     kinds = [kind] if kind else ["base", "delta"]
 
     async def _run(rt):
         from tqdm import tqdm
 
-        pub = Publisher(rt)
-        issuers = [i for i in pub.generations(ca_ids or ("signing", "auth"))
+        pub = Publisher.from_runtime(rt)
+        issuers = [i for i in pub.generations(ca_ids or KINDS)
                    if generation is None or i.generation == generation]
         if not issuers:
             raise click.ClickException("no CA generation to publish for (run `shomei ceremony`)")
@@ -65,27 +62,21 @@ def publish(ca_ids, kind, generation, partitions, no_progress) -> None:
                 bar.close()
         return lines
 
-    for line in run_async(cfg, _run) or []:
+    for line in ctx.run(_run) or []:
         click.echo(line)
 
 
 @crl.command("status")
-def status() -> None:
+@pass_context
+def status(ctx: CommandContext) -> None:
     """The last CRL of each scope: number, thisUpdate, nextUpdate, entries."""
-    from shomei.cli import _config, _fail, run_async
-    from ca_core.errors import ShomeiError
     from storage import crls
 
     from .publisher import Publisher, Target
 
-    try:
-        cfg = _config()
-    except ShomeiError as exc:
-        _fail(exc)
-
     async def _run(rt):
         lines = []
-        for issuer in Publisher(rt).generations():
+        for issuer in Publisher.from_runtime(rt).generations():
             async with rt.pool.acquire() as conn:
                 latest = await crls.latest_by_scope(conn, issuer.db_id)
             for (scope, kind), p in sorted(latest.items()):
@@ -95,5 +86,5 @@ def status() -> None:
                 lines.append(f"{issuer.ca_id} g{issuer.generation}: nothing published yet")
         return lines
 
-    for line in run_async(cfg, _run) or []:
+    for line in ctx.run(_run) or []:
         click.echo(line)

@@ -35,8 +35,12 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from ca_core import crl as crl_core
-from ca_core.ca import Issuer
+from ca_core.ca import Issuer, IssuerSource
+from ca_core.clock import Clock
+from ca_core.config import CRLConfig
+from ca_core.kinds import KINDS
 from ca_core.profiles import CertificateProfile, partition_name
+from hsm.signer import Signer
 from storage import crls, revocations
 
 log = logging.getLogger(__name__)
@@ -217,8 +221,10 @@ class _Writer:
         os.fdatasync(self._fd)
         os.close(self._fd)
         self._fd = None
-        stamp = self.spec.this_update.timestamp()
-        os.utime(self.tmp, (stamp, stamp))
+        # mtime = thisUpdate (served as Last-Modified), with the CRL number in the nanoseconds: the
+        # ETag derived from mtime and size then differs between two issues made in the same second.
+        stamp = int(self.spec.this_update.timestamp()) * 1_000_000_000 + self.spec.number % 1_000_000_000
+        os.utime(self.tmp, ns=(stamp, stamp))
         if keep_previous and self.final.exists():
             prev_tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.prev.tmp")
             try:
@@ -252,20 +258,34 @@ class _Writer:
 
 
 class Publisher:
-    """Publishes the CRLs of every CA generation of a Runtime."""
+    """Publishes the CRLs of every CA generation; built from a pool, a Signer, a clock, the CA
+    generations, the certificate profiles (their CRL URLs), its settings, the partition size and the
+    output folder."""
 
-    def __init__(self, rt):
-        self.rt = rt
-        self.cfg = rt.cfg
-        self.out = output_dir(rt.cfg)
-        self.profiles = {ca: CertificateProfile.from_config(rt.cfg, ca) for ca in ("signing", "auth")}
+    def __init__(self, *, pool, signer: Signer, clock: Clock, issuers: IssuerSource,
+                 profiles: dict[str, CertificateProfile], settings: CRLConfig, partition_size: int, out: Path):
+        self.pool = pool
+        self.signer = signer
+        self.clock = clock
+        self.issuers = issuers
+        self.profiles = profiles
+        self.settings = settings
+        self.partition_size = partition_size
+        self.out = out
+        self.publish_deltas = all(p.publish_deltas for p in profiles.values())
+
+    @classmethod
+    def from_runtime(cls, rt) -> "Publisher":
+        return cls(pool=rt.pool, signer=rt.signer, clock=rt.clock, issuers=rt.directory,
+                   profiles={ca: CertificateProfile.from_config(rt.cfg, ca) for ca in KINDS},
+                   settings=rt.cfg.crl, partition_size=rt.cfg.issuance.partition_size, out=output_dir(rt.cfg))
 
     # -- what a CRL says about its scope ---------------------------------------------------------
-    def url(self, path: str) -> str:
-        return f"{self.cfg.server.public_base_url.rstrip('/')}/crl/{path}"
+    def url(self, target: Target) -> str:
+        return f"{self.profiles[target.issuer.ca_id].base_url}/crl/{target.path}"
 
     def spec(self, target: Target, number: int, this_update: dt.datetime, base_number: int | None) -> crl_core.CRLSpec:
-        c = self.cfg.crl
+        c = self.settings
         delta = target.kind == "delta"
         minutes = c.delta_validity_minutes if delta else c.full_validity_minutes
         idp = None
@@ -275,8 +295,8 @@ class Publisher:
             idp = self.profiles[target.issuer.ca_id].crl_url(partition_name(target.issuer.generation,
                                                                             target.partition))
         freshest = None
-        if not delta and self.cfg.issuance.publish_deltas:
-            freshest = self.url(Target(target.issuer, target.scope, "delta").path)
+        if not delta and self.publish_deltas:
+            freshest = self.url(Target(target.issuer, target.scope, "delta"))
         return crl_core.CRLSpec(issuer=target.issuer, number=number, this_update=this_update,
                                 next_update=this_update + dt.timedelta(minutes=minutes), idp_url=idp,
                                 delta_base=base_number if delta else None, freshest_url=freshest)
@@ -289,7 +309,7 @@ class Publisher:
         started = time.perf_counter()
         issuer = target.issuer
         gen_id = issuer.db_id
-        async with self.rt.pool.acquire() as conn:
+        async with self.pool.acquire() as conn:
             if not await crls.try_lease(conn, gen_id, target.scope):
                 return Outcome(target, None, "another publisher holds the lease")
             try:
@@ -302,7 +322,7 @@ class Publisher:
                     return Outcome(target, None, "no base CRL yet")
                 if target.kind == "base":
                     base = None
-                now = self.rt.clock.now()
+                now = self.clock.now()
                 marks = [("start", time.perf_counter())]
                 async with conn.transaction():
                     # online revocations accepted before this issue become effective in it (committed
@@ -333,7 +353,7 @@ class Publisher:
         return Outcome(target, published, None, seconds)
 
     async def _allocate_number(self, gen_id: int, scope: str) -> int:
-        async with self.rt.pool.acquire() as conn:
+        async with self.pool.acquire() as conn:
             return await crls.allocate_number(conn, gen_id, scope)
 
     async def _issue(self, conn, target: Target, number_future, now: dt.datetime, base, progress, marks):
@@ -353,8 +373,12 @@ class Publisher:
                     writer = _Writer(final, spec, previous.bytes if previous else 0)
                     await self._stream(conn, target, now, writer, previous, progress)
                 else:
+                    released = await crls.released_since(conn, target.issuer.db_id, target.partition,
+                                                         base.snapshot, now)
+                    removes = [(serial, crl_core.remove_from_crl_entry(int.from_bytes(serial, "big"), held_at))
+                               for serial, held_at in released]
                     count, data = await crls.delta_entries(conn, target.issuer.db_id, target.partition,
-                                                           base.snapshot, now, crl_core.remove_from_crl_entry)
+                                                           base.snapshot, now, removes)
                     writer = _Writer(final, spec, len(data))
                     if count:
                         await writer.add(count, data)
@@ -365,7 +389,7 @@ class Publisher:
             spec = writer.spec = self.spec(target, number, now, base_number)
             digest = await writer.finish_tbs()
             marks.append(("hash", time.perf_counter()))
-            signature = await self.rt.signer.sign_digest(target.issuer.key_label, target.issuer.algorithm, digest)
+            signature = await self.signer.sign_digest(target.issuer.key_label, target.issuer.algorithm, digest)
             marks.append(("sign", time.perf_counter()))
             size = await writer.finish(signature)
             marks.append(("write", time.perf_counter()))
@@ -394,13 +418,13 @@ class Publisher:
         about crl.page_rows entries, fetched by up to crl.stream_connections connections sharing the
         snapshot of ``conn``'s transaction, consumed in order (at most one page per connection in
         flight)."""
-        c = self.cfg.crl
+        c = self.settings
         # An upper bound of the entries keeps pages small (memory flat) as the CRL grows: a partition
         # holds at most partition_size certificates; the full CRL at most the table's row estimate.
         if target.partition is not None:
-            expected = self.cfg.issuance.partition_size
+            expected = self.partition_size
         else:
-            expected = int(await conn.fetchval("SELECT greatest(reltuples, 0) FROM pg_class WHERE relname = 'revocation'"))
+            expected = await crls.estimated_revocations(conn)
         expected = max(expected, previous.entries if previous else 0)
         ranges = crls.serial_ranges(min(4096, expected // c.page_rows + 1))
         width = min(c.stream_connections, len(ranges))
@@ -409,7 +433,7 @@ class Publisher:
             if width > 1:
                 snapshot_id = await crls.export_snapshot(conn)
                 for _ in range(width - 1):
-                    other = await self.rt.pool.acquire()
+                    other = await self.pool.acquire()
                     tr = other.transaction(isolation="repeatable_read", readonly=True)
                     extra.append((other, tr))
                     await tr.start()
@@ -444,18 +468,18 @@ class Publisher:
                 try:
                     await tr.rollback()
                 finally:
-                    await self.rt.pool.release(other)
+                    await self.pool.release(other)
 
     # -- many CRLs -------------------------------------------------------------------------------
-    def generations(self, ca_ids=("signing", "auth")) -> list[Issuer]:
+    def generations(self, ca_ids=KINDS) -> list[Issuer]:
         """CA generations that still publish: every generation whose CA certificate has not expired."""
-        now = self.rt.clock.now()
-        return [i for ca in ca_ids for i in self.rt.issuers.generations(ca) if i.not_after > now]
+        now = self.clock.now()
+        return [i for ca in ca_ids for i in self.issuers.issuers.generations(ca) if i.not_after > now]
 
     async def targets(self, issuer: Issuer, kind: str, partitions: list[int] | None = None,
                       full: bool = True) -> list[Target]:
         if partitions is None:
-            async with self.rt.pool.acquire() as conn:
+            async with self.pool.acquire() as conn:
                 partitions = await crls.partitions(conn, issuer.db_id)
         scopes = ([crls.FULL] if full else []) + [crls.partition_scope(p) for p in partitions]
         return [Target(issuer, s, kind) for s in scopes]
@@ -471,8 +495,8 @@ class Publisher:
         never published: a new partition); a delta when the last one is due or older than the latest
         base (so that the delta a certificate names always matches the current base). Due-ness is
         checked again under each lease, so several schedulers publish each CRL once."""
-        c = self.cfg.crl
-        now = self.rt.clock.now()
+        c = self.settings
+        now = self.clock.now()
         full_due = now - dt.timedelta(minutes=c.full_interval_minutes)
         delta_due = now - dt.timedelta(minutes=c.delta_interval_minutes)
 
@@ -484,7 +508,7 @@ class Publisher:
 
         done = []
         for issuer in self.generations():
-            async with self.rt.pool.acquire() as conn:
+            async with self.pool.acquire() as conn:
                 latest = await crls.latest_by_scope(conn, issuer.db_id)
             for target in await self.targets(issuer, "base"):
                 base = latest.get((target.scope, "base"))
@@ -492,6 +516,6 @@ class Publisher:
                     outcome = await self.publish(target, due=base_due)
                     done.append(outcome)
                     base = outcome.published or base
-                if self.cfg.issuance.publish_deltas and delta_is_due(latest.get((target.scope, "delta")), base):
+                if self.publish_deltas and delta_is_due(latest.get((target.scope, "delta")), base):
                     done.append(await self.publish(Target(issuer, target.scope, "delta"), due=delta_is_due))
         return done

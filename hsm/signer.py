@@ -22,3 +22,6 @@ class Signer(Protocol):
 
     async def ping(self) -> None:
         """Raise HSMError unless the token answers."""
+
+    async def close(self) -> None:
+        """Release the session (idempotent)."""

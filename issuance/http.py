@@ -8,9 +8,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field
 
+from ca_core.clock import format_rfc3339
 from ca_core.resident import BasicFour
 from ca_core.serials import serial_hex
-from shomei.http import RT, authenticate, operator_id, read_model
+from plumbing.auth import ClientCache, authenticate, operator_id
+from plumbing.http import read_model
 
 from .service import IssuanceService, IssueRequest
 
@@ -53,22 +55,30 @@ def _pem(der: bytes) -> str:
     return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
 
 
-SERVICE = web.AppKey("issuance_service", IssuanceService)
+class IssuanceEndpoints:
+    """The HTTP face of issuance: terminals only."""
+
+    def __init__(self, service: IssuanceService, clients: ClientCache, max_body_bytes: int):
+        self.service = service
+        self.clients = clients
+        self.max_body_bytes = max_body_bytes
+
+    async def post_certificates(self, request: web.Request) -> web.Response:
+        client = await authenticate(request, self.clients, "terminal")
+        operator = operator_id(request)
+        body = await read_model(request, IssueBody, self.max_body_bytes)
+        result = await self.service.issue(client, operator, body.to_request())
+        payload = {"request_id": body.request_id, "certificates": [
+            {"kind": c.kind, "serial": serial_hex(c.serial), "certificate": _pem(c.der),
+             "not_after": format_rfc3339(c.not_after)}
+            for c in result.certificates]}
+        return web.json_response(payload, status=201 if result.created else 200)
 
 
-async def post_certificates(request: web.Request) -> web.Response:
-    rt = request.app[RT]
-    client = await authenticate(request, rt.clients, "terminal")
-    operator = operator_id(request)
-    body = await read_model(request, IssueBody, rt.cfg.server.max_body_bytes)
-    result = await request.app[SERVICE].issue(client, operator, body.to_request())
-    payload = {"request_id": body.request_id, "certificates": [
-        {"kind": c.kind, "serial": serial_hex(c.serial), "certificate": _pem(c.der),
-         "not_after": c.not_after.isoformat().replace("+00:00", "Z")}
-        for c in result.certificates]}
-    return web.json_response(payload, status=201 if result.created else 200)
+ENDPOINTS = web.AppKey("issuance", IssuanceEndpoints)
 
 
 def setup(app: web.Application, rt) -> None:
-    app[SERVICE] = IssuanceService(rt)
-    app.router.add_post("/v1/certificates", post_certificates)
+    endpoints = app[ENDPOINTS] = IssuanceEndpoints(IssuanceService.from_runtime(rt), rt.clients,
+                                                   rt.cfg.server.max_body_bytes)
+    app.router.add_post("/v1/certificates", endpoints.post_certificates)

@@ -17,16 +17,21 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from ca_core import errors
-from ca_core.clock import JST
+from ca_core.ca import IssuerSource
+from ca_core.clock import JST, Clock
+from ca_core.config import IssuanceConfig
+from ca_core.kinds import AUTH, KINDS, SIGNING
 from ca_core.csr import check_csr
 from ca_core.municipality import prefecture_romaji, validate_code
 from ca_core.profiles import (CertificateProfile, CertificateTemplate, assemble_certificate, end_entity_subject,
                               partition_name, validity)
 from ca_core.records import CertificateRecord
 from ca_core.resident import BasicFour, check_resident_code, check_signing_eligibility, resident_hash
-from ca_core.revocation import Reason
+from ca_core.revocation import Reason, encode_entry
 from ca_core.serials import new_serial, serial_bytes, serial_hex
+from hsm.signer import Signer
 from storage import audit, certificates as cert_store, issuance as issuance_store, revocations as rev_store
+from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,14 @@ class IssueRequest:
     auth_csr: str | None
     adult_ward: bool = False
     card_replaced: bool = False  # a new card: the old certificates are superseded whatever their expiry
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds asked for (a CSR given), in the order of KINDS."""
+        return [k for k in KINDS if self.csr(k) is not None]
+
+    def csr(self, kind: str) -> str | None:
+        return self.signing_csr if kind == SIGNING else self.auth_csr
 
     def body_hash(self) -> bytes:
         canonical = json.dumps(self.__dict__ | {"resident": self.resident.__dict__}, sort_keys=True,
@@ -74,11 +87,25 @@ class IssueResult:
 
 
 class IssuanceService:
-    def __init__(self, rt):
-        self.rt = rt
-        self.cfg = rt.cfg
-        self.profiles = {kind: CertificateProfile.from_config(rt.cfg, kind) for kind in ("signing", "auth")}
+    """Issuance, built from its parts: a connection pool, a Signer, a clock, the CA generations, the
+    certificate profiles, its settings and the key resident codes are hashed with."""
+
+    def __init__(self, *, pool, signer: Signer, clock: Clock, issuers: IssuerSource,
+                 profiles: dict[str, CertificateProfile], settings: IssuanceConfig, resident_key: bytes):
+        self.pool = pool
+        self.signer = signer
+        self.clock = clock
+        self.issuers = issuers
+        self.profiles = profiles
+        self.settings = settings
+        self.resident_key = resident_key
         self._templates: dict[int, CertificateTemplate] = {}
+
+    @classmethod
+    def from_runtime(cls, rt) -> "IssuanceService":
+        return cls(pool=rt.pool, signer=rt.signer, clock=rt.clock, issuers=rt.directory,
+                   profiles={kind: CertificateProfile.from_config(rt.cfg, kind) for kind in KINDS},
+                   settings=rt.cfg.issuance, resident_key=rt.resident_key)
 
     def _template(self, issuer) -> CertificateTemplate:
         template = self._templates.get(issuer.db_id)
@@ -101,17 +128,17 @@ class IssuanceService:
             raise errors.InvalidRequest("card_expires_on must be a date (YYYY-MM-DD)", field="card_expires_on",
                                         code="invalid_date") from None
         if card_expiry < today:
-            raise errors.InvalidRequest("the card has already expired", field="card_expires_on",
-                                        code="card_expired")
-        kinds = [k for k, csr in (("signing", req.signing_csr), ("auth", req.auth_csr)) if csr is not None]
+            raise errors.PolicyViolation("the card has already expired", field="card_expires_on",
+                                         code="card_expired")
+        kinds = req.kinds
         if not kinds:
             raise errors.InvalidRequest("give signing_csr, auth_csr or both", field="signing_csr",
                                         code="missing_csr")
-        if "signing" in kinds:
+        if SIGNING in kinds:
             check_signing_eligibility(birth, today, req.adult_ward)
-        sizes = self.cfg.issuance.rsa_key_sizes
-        csrs = {k: check_csr(getattr(req, f"{k}_csr"), field=f"{k}_csr", rsa_key_sizes=sizes) for k in kinds}
-        if len(csrs) == 2 and csrs["signing"].spki_der == csrs["auth"].spki_der:
+        sizes = self.settings.rsa_key_sizes
+        csrs = {k: check_csr(req.csr(k), field=f"{k}_csr", rsa_key_sizes=sizes) for k in kinds}
+        if len(csrs) == 2 and csrs[SIGNING].spki_der == csrs[AUTH].spki_der:
             raise errors.InvalidRequest("the signing and auth certificates need different key pairs",
                                         field="auth_csr", code="duplicate_key")
         return birth, card_expiry, csrs
@@ -119,7 +146,7 @@ class IssuanceService:
     async def issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
         """Issue the requested certificates; raises a ShomeiError subclass on any rejection."""
         started = time.perf_counter()
-        kinds_label = "+".join(k for k in ("signing", "auth") if getattr(req, f"{k}_csr") is not None) or "none"
+        kinds_label = "+".join(req.kinds) or "none"
         try:
             result = await self._issue(client, operator_id, req)
         except errors.ShomeiError as exc:
@@ -141,76 +168,84 @@ class IssuanceService:
         return IssueResult(False, [IssuedCertificate.of(c) for c in certs])
 
     async def _issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
-        rt = self.rt
-        now = rt.clock.now()
+        now = self.clock.now()
         birth, card_expiry, csrs = self._validate(client, req, now)
-        rhash = resident_hash(rt.resident_key, req.resident_code)
-        async with rt.pool.acquire() as conn:
-            pre = await issuance_store.preflight(conn, client_id=client.id, request_id=req.request_id,
-                                                 municipality_code=req.municipality_code, kinds=list(csrs),
-                                                 resident_hash=rhash)
-            if pre.existing_id is not None:
-                return await self._replay(conn, req, (pre.existing_id, pre.existing_hash))
+        rhash = resident_hash(self.resident_key, req.resident_code)
+        with unavailable_when_down("the database is unavailable; nothing was issued"):
+            async with self.pool.acquire() as conn:
+                pre = await issuance_store.preflight(conn, client_id=client.id, request_id=req.request_id,
+                                                     municipality_code=req.municipality_code, kinds=list(csrs),
+                                                     resident_hash=rhash)
+                if pre.existing_id is not None:
+                    return await self._replay(conn, req, (pre.existing_id, pre.existing_hash))
+        self._check_may_issue(req, pre, now)
+        not_before, not_after = validity(now, birth, card_expiry)
+        signed = await self._sign(req, csrs, pre, not_before, not_after)
+        record = dict(client_id=client.id, request_id=req.request_id, body_hash=req.body_hash(),
+                      operator_id=operator_id, resident_hash=rhash, municipality_code=req.municipality_code,
+                      not_before=not_before, not_after=not_after)
+        return await self._record(client, operator_id, req, pre, signed, record, now)
+
+    def _check_may_issue(self, req: IssueRequest, pre: issuance_store.Preflight, now: dt.datetime) -> None:
+        """The municipality is known, and the renewal window is open (docs/domain.md, renewal)."""
         if pre.municipality_name is None:
             raise errors.PolicyViolation(f"municipality {req.municipality_code} is not registered",
                                          field="municipality_code", code="unknown_municipality")
-        window = dt.timedelta(days=self.cfg.issuance.renewal_window_days)
+        window = dt.timedelta(days=self.settings.renewal_window_days)
         if pre.latest_valid_not_after and pre.latest_valid_not_after - now > window and not req.card_replaced:
-            # MISSION.md: renewal may start 3 months before expiry (a new card is the exception).
+            # Renewal may start 3 months before expiry; a new card is the exception.
             raise errors.Conflict(
                 f"the resident holds a valid certificate of this kind until "
                 f"{pre.latest_valid_not_after.astimezone(JST):%Y-%m-%d}; renewal opens "
-                f"{self.cfg.issuance.renewal_window_days} days before expiry (set card_replaced for a new card)",
+                f"{self.settings.renewal_window_days} days before expiry (set card_replaced for a new card)",
                 field="card_replaced", code="renewal_too_early")
 
-        not_before, not_after = validity(now, birth, card_expiry)
-        signed: list[issuance_store.NewCertificate] = []
+    async def _sign(self, req: IssueRequest, csrs: dict, pre: issuance_store.Preflight,
+                    not_before: dt.datetime, not_after: dt.datetime) -> list[issuance_store.NewCertificate]:
+        """Build and sign each certificate (one token signature each; nothing is stored yet)."""
+        signed = []
         for (kind, csr), cert_id in zip(csrs.items(), pre.certificate_ids):
-            issuer = rt.issuers.current(kind)
+            issuer = self.issuers.issuers.current(kind)
             if issuer is None:
                 raise errors.Unavailable(f"the {kind} CA has no key yet; run the key ceremony",
                                          code="ca_not_ready")
             serial = new_serial()
-            partition = cert_id // self.cfg.issuance.partition_size
+            partition = cert_id // self.settings.partition_size
             subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), pre.municipality_name,
                                          serial_hex(serial).upper())
             tbs = self._template(issuer).tbs(
                 serial=serial, spki_der=csr.spki_der, key_id=csr.key_id, subject_der=subject,
-                basic4=req.resident if kind == "signing" else None, not_before=not_before, not_after=not_after,
+                basic4=req.resident if kind == SIGNING else None, not_before=not_before, not_after=not_after,
                 partition=partition_name(issuer.generation, partition))
-            signature = await rt.signer.sign(issuer.key_label, issuer.algorithm, tbs)
+            signature = await self.signer.sign(issuer.key_label, issuer.algorithm, tbs)
             signed.append(issuance_store.NewCertificate(
                 id=cert_id, ca_generation_id=issuer.db_id, serial=serial_bytes(serial), kind=kind,
                 partition=partition, der=assemble_certificate(tbs, issuer.algorithm, signature),
                 issuer_label=f"{issuer.ca_id}-g{issuer.generation}"))
+        return signed
 
-        record = dict(client_id=client.id, request_id=req.request_id, body_hash=req.body_hash(),
-                      operator_id=operator_id, resident_hash=rhash, municipality_code=req.municipality_code,
-                      not_before=not_before, not_after=not_after)
+    async def _record(self, client, operator_id: str, req: IssueRequest, pre: issuance_store.Preflight,
+                      signed: list, record: dict, now: dt.datetime) -> IssueResult:
+        """Write the certificates (and supersede the resident's old ones) in one transaction."""
         try:
-            async with rt.pool.acquire() as conn:
-                if not pre.has_live:
-                    # First certificates of these kinds: one statement, atomic on its own. Should another
-                    # issuance for the resident commit meanwhile, certificate_one_live refuses this one.
-                    if await issuance_store.record(conn, signed, **record) is None:
-                        raise _Raced()
-                else:
-                    async with conn.transaction():
-                        # Renewal: the resident's previous certificate of the same kind is revoked (superseded).
-                        for old in await cert_store.live_of_resident(conn, rhash, [c.kind for c in signed],
-                                                                     for_update=True):
-                            await rev_store.apply_revocation(conn, old, reason=Reason.superseded, at=now,
-                                                             effective_at=now, source="supersede",
-                                                             source_ref=req.request_id)
-                            await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
-                                               serial=serial_bytes(old.serial), request_id=req.request_id,
-                                               details={"reason": "superseded"})
+            with unavailable_when_down("the database is unavailable; nothing was issued"):
+                async with self.pool.acquire() as conn:
+                    if not pre.has_live:
+                        # First certificates of these kinds: one statement, atomic on its own. Should another
+                        # issuance for the resident commit meanwhile, certificate_one_live refuses this one.
                         if await issuance_store.record(conn, signed, **record) is None:
-                            raise _Raced()  # rolls the superseding revocations back
+                            raise _Raced()
+                    else:
+                        async with conn.transaction():
+                            await self._supersede(conn, client, operator_id, req, record["resident_hash"],
+                                                  [c.kind for c in signed], now)
+                            if await issuance_store.record(conn, signed, **record) is None:
+                                raise _Raced()  # rolls the superseding revocations back
         except _Raced:
-            async with rt.pool.acquire() as conn:
-                found = await issuance_store.find(conn, client_id=client.id, request_id=req.request_id)
-                replay = await self._replay(conn, req, found)
+            with unavailable_when_down("the database is unavailable; nothing was issued"):
+                async with self.pool.acquire() as conn:
+                    found = await issuance_store.find(conn, client_id=client.id, request_id=req.request_id)
+                    replay = await self._replay(conn, req, found)
             if replay is None:
                 raise errors.Conflict("a request with this request_id is being processed; retry",
                                       field="request_id", code="request_in_progress") from None
@@ -220,11 +255,19 @@ class IssuanceService:
                 raise errors.Conflict("another issuance for this resident is in progress; retry",
                                       code="concurrent_issuance") from None
             raise
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            log.error("issuance not recorded, database failed: %s", type(exc).__name__)
-            raise errors.Unavailable("the database is unavailable; nothing was issued") from None
-        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der, not_after)
-                                  for c in signed])
+        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der,
+                                                    record["not_after"]) for c in signed])
+
+    async def _supersede(self, conn, client, operator_id: str, req: IssueRequest, rhash: bytes, kinds: list[str],
+                         now: dt.datetime) -> None:
+        """Renewal: the resident's previous certificates of these kinds are revoked (superseded)."""
+        for old in await cert_store.live_of_resident(conn, rhash, kinds, for_update=True):
+            await rev_store.apply_revocation(conn, old, reason=Reason.superseded, at=now, effective_at=now,
+                                             source="supersede", source_ref=req.request_id,
+                                             entry_der=encode_entry(old.serial, now, Reason.superseded))
+            await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
+                               serial=serial_bytes(old.serial), request_id=req.request_id,
+                               details={"reason": "superseded"})
 
 
 class _Raced(Exception):

@@ -5,6 +5,8 @@ import datetime as dt
 
 import click
 
+from plumbing.cli import CommandContext, pass_context
+
 
 def register(main: click.Group) -> None:
     main.add_command(ocsp)
@@ -18,10 +20,10 @@ def ocsp() -> None:
 @ocsp.command("usage")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day (JST), default: 30 days ago.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (JST), default: today.")
-def usage(since, until) -> None:
+@pass_context
+def usage(ctx: CommandContext, since, until) -> None:
     """Answers per registered verifier and day, for billing (access policy `verifier`)."""
     from ca_core.clock import JST
-    from shomei.cli import _config, run_async
     from storage import ocsp as ocsp_store
 
     today = dt.datetime.now(JST).date()
@@ -32,7 +34,7 @@ def usage(since, until) -> None:
         async with rt.pool.acquire() as conn:
             return await ocsp_store.usage_report(conn, first, last)
 
-    rows = run_async(_config(), _report)
+    rows = ctx.run(_report)
     if not rows:
         click.echo(f"no verifier answers between {first} and {last}")
     for name, day, answers in rows or []:

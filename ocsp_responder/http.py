@@ -19,13 +19,14 @@ import time
 from aiohttp import web
 
 from ca_core.ocsp import ResponseStatus
-from shomei.http import RT
+from plumbing.auth import ClientCache, bearer_token
 
 from .service import ERROR_BODIES, Answer, Responder
 
 log = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("ocsp_responder", Responder)
+CLIENTS = web.AppKey("ocsp_clients", ClientCache)
 DENIED = object()
 
 _NO_STORE = {"Content-Type": "application/ocsp-response", "Cache-Control": "no-cache, no-store"}
@@ -41,13 +42,11 @@ def _error_response(status: ResponseStatus) -> web.Response:
 
 async def _verifier(request: web.Request, svc: Responder):
     """In `verifier` mode, the registered verifier calling; DENIED without a valid verifier credential."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request)
+    if token is None:
         return DENIED
     try:
-        client = await request.app[RT].clients.lookup(token)
+        client = await request.app[CLIENTS].lookup(token)
     except Exception as exc:  # database down: cannot check the credential now
         log.warning("verifier look-up failed: %s", type(exc).__name__)
         return None
@@ -149,9 +148,8 @@ async def _background(app: web.Application):
 
 
 def setup(app: web.Application, rt) -> None:
-    svc = Responder(rt)
-    rt.extras["ocsp_responder"] = svc
-    app[SERVICE] = svc
+    svc = app[SERVICE] = Responder.from_runtime(rt)
+    app[CLIENTS] = rt.clients
     app.router.add_post("/ocsp", post_ocsp)
     app.router.add_post("/ocsp/", post_ocsp)
     app.router.add_get("/ocsp/{req:.+}", get_ocsp)

@@ -17,13 +17,16 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from ca_core import ocsp
-from ca_core.clock import JST
+from ca_core.clock import JST, Clock
+from ca_core.config import CAs, OCSPConfig
 from ca_core.errors import ShomeiError
 from ca_core.ocsp import ResponseStatus
 from storage import cas, ocsp as store
+from hsm.signer import Signer
 from storage.revocations import STATUS_CHANNEL
 
 from .cache import Entry, ResponseCache
+from .responders import renew_responders
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +68,22 @@ def _error(status: ResponseStatus) -> Answer:
 
 
 class Responder:
-    def __init__(self, rt):
-        self.rt = rt
-        self.cfg = rt.cfg.ocsp
+    """The responder of one process, built from a pool, a Signer, a clock, the CA generations (which it
+    reloads), its settings, the database URL of its LISTEN connection and the CA settings its
+    responder certificates are renewed with."""
+
+    def __init__(self, *, pool, signer: Signer, clock: Clock, directory, settings: OCSPConfig,
+                 database_url: str, cas_cfg: CAs):
+        self.pool = pool
+        self.signer = signer
+        self.clock = clock
+        self.directory = directory  # IssuerSource with reload() (plumbing.runtime.IssuerDirectory)
+        self.database_url = database_url
+        self.cas_cfg = cas_cfg
+        self.cfg = settings
         self.cache = ResponseCache(self.cfg.cache_entries)
-        self._issuers = rt.issuers
-        self.index = ocsp.IssuerIndex(rt.issuers)
+        self._issuers = directory.issuers
+        self.index = ocsp.IssuerIndex(self._issuers)
         self.responders: dict[int, ResponderKey] = {}
         self._pending = 0
         self._inflight: dict[bytes, asyncio.Future] = {}
@@ -82,6 +95,11 @@ class Responder:
         self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
         self.malformed = _error(ResponseStatus.malformed_request)
         self.listener_pid: int | None = None  # backend pid of the LISTEN connection while it is up
+
+    @classmethod
+    def from_runtime(cls, rt) -> "Responder":
+        return cls(pool=rt.pool, signer=rt.signer, clock=rt.clock, directory=rt.directory, settings=rt.cfg.ocsp,
+                   database_url=rt.cfg.database_url, cas_cfg=rt.cfg.ca)
 
     # -- metrics ---------------------------------------------------------------------------------
     def count(self, status: str, source: str, verifier=None, successful: bool = True) -> None:
@@ -99,8 +117,8 @@ class Responder:
 
     # -- answering -------------------------------------------------------------------------------
     def _check_issuers(self) -> None:
-        if self.rt.issuers is not self._issuers:
-            self._issuers = self.rt.issuers
+        if self.directory.issuers is not self._issuers:
+            self._issuers = self.directory.issuers
             self.index = ocsp.IssuerIndex(self._issuers)
 
     async def answer(self, raw: bytes, key) -> Answer:
@@ -165,14 +183,13 @@ class Responder:
     async def _make(self, issuer, responder: ResponderKey, parsed: ocsp.ParsedRequest, since: int,
                     key=None) -> Answer:
         started = time.perf_counter()
-        rt = self.rt
-        now = rt.clock.now()
+        now = self.clock.now()
         validity = dt.timedelta(seconds=self.cfg.validity_seconds)
         single = len(parsed.certs) == 1 and parsed.nonce is None
         if single:
             cert = parsed.certs[0]
             fresh_after = now + validity - dt.timedelta(seconds=self.cfg.refresh_seconds)
-            async with rt.pool.acquire() as conn:
+            async with self.pool.acquire() as conn:
                 found = await store.status(conn, issuer.db_id, cert.serial, cert_id=cert.cert_id_der,
                                            fresh_after=fresh_after)
             statuses = [found.status]
@@ -183,7 +200,7 @@ class Responder:
             statuses = [self.cache.get_status(issuer.db_id, c.serial) for c in parsed.certs]
             missing = [c.serial for c, st in zip(parsed.certs, statuses) if st is None]
             if missing:
-                async with rt.pool.acquire() as conn:
+                async with self.pool.acquire() as conn:
                     found = dict(zip(missing, await store.statuses(conn, issuer.db_id, missing)))
                 statuses = [st or found[c.serial] for c, st in zip(parsed.certs, statuses)]
                 for serial, st in found.items():
@@ -204,7 +221,7 @@ class Responder:
         tbs = ocsp.response_data(responder_key_hash=responder.key_hash, produced_at=now,
                                  singles=[(c.cert_id_der, s) for c, s in zip(parsed.certs, statuses)],
                                  this_update=now, next_update=next_update, nonce=parsed.nonce)
-        signature = await rt.signer.sign(responder.key_label, issuer.algorithm, tbs)
+        signature = await self.signer.sign(responder.key_label, issuer.algorithm, tbs)
         body = ocsp.assemble(tbs, issuer.algorithm, signature, responder.certificate_der)
         MISS_LATENCY.labels("signed").observe(time.perf_counter() - started)
         if parsed.nonce is not None:
@@ -223,7 +240,7 @@ class Responder:
     # -- background work -------------------------------------------------------------------------
     async def load_responders(self) -> None:
         """Pick up the newest responder certificate of every CA generation (renewals by any process)."""
-        async with self.rt.pool.acquire() as conn:
+        async with self.pool.acquire() as conn:
             latest = await cas.latest_responders(conn)
         self.responders = {gen: ResponderKey(rec.id, rec.key_label, rec.certificate,
                                              ocsp.responder_key_hash(rec.certificate), rec.not_after)
@@ -246,7 +263,7 @@ class Responder:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self.rt.cfg.database_url, timeout=10)
+                conn = await asyncpg.connect(self.database_url, timeout=10)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(STATUS_CHANNEL, self._on_notify)
@@ -283,11 +300,11 @@ class Responder:
         if not rows and not counts:
             return
         try:
-            async with self.rt.pool.acquire() as conn:
+            async with self.pool.acquire() as conn:
                 if rows:
                     await store.store_responses(conn, rows)
                 if counts:
-                    await store.add_usage(conn, self.rt.clock.now().astimezone(JST).date(), counts)
+                    await store.add_usage(conn, self.clock.now().astimezone(JST).date(), counts)
         except Exception as exc:  # keep the counts for the next flush; cached rows are only an optimisation
             log.warning("OCSP flush failed: %s", type(exc).__name__)
             for cid, n in counts.items():
@@ -305,19 +322,18 @@ class Responder:
     async def maintain(self) -> None:
         """Reload responder certificates and CA generations; renew responders close to expiry (the
         advisory lock in renew_responders makes one process do it); purge expired shared answers."""
-        from shomei.operations import renew_responders
-
         next_renew = time.monotonic() + min(self.cfg.renew_check_seconds, 300)
         while True:
             await asyncio.sleep(self.cfg.reload_seconds)
             try:
                 if time.monotonic() >= next_renew:
                     next_renew = time.monotonic() + self.cfg.renew_check_seconds
-                    for line in await renew_responders(self.rt):
+                    for line in await renew_responders(self.pool, self.signer, self.clock, self.directory.issuers,
+                                                       self.cas_cfg):
                         log.info("%s", line)
-                    async with self.rt.pool.acquire() as conn:
-                        await store.purge_expired(conn, self.rt.clock.now())
-                await self.rt.reload_issuers()
+                    async with self.pool.acquire() as conn:
+                        await store.purge_expired(conn, self.clock.now())
+                await self.directory.reload()
                 await self.load_responders()
             except asyncio.CancelledError:
                 raise

@@ -11,20 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import time
 from collections import Counter as Tally, defaultdict
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import asyncpg
 from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ca_core.clock import parse_rfc3339
 from ca_core import errors
+from ca_core.clock import Clock, parse_rfc3339
+from ca_core.config import RevocationConfig
+from ca_core.kinds import SIGNING
 from ca_core.lifecycle import FEED_RULES
 from ca_core.revocation import encode_entry
 from ca_core.resident import resident_hash
 from storage import audit, feed_events, revocations as rev_store
+from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,6 @@ FEED_EVENTS = Counter("shomei_feed_events_total", "Resident-register feed events
 FEED_BATCH = Histogram("shomei_feed_batch_seconds", "Time to apply a feed batch",
                        buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
-_EVENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_FIELDS = {"event_id", "resident_code", "kind", "occurred_at"}
 MAX_FUTURE = dt.timedelta(days=1)
 
 
@@ -51,32 +53,49 @@ class Rejected(Exception):
         self.reason = reason
 
 
+def _rfc3339(value: str) -> dt.datetime:
+    return parse_rfc3339(value)
+
+
+class EventBody(BaseModel):
+    """One event as the register sends it; the order of the fields is the order of the checks."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    event_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+    resident_code: Annotated[str, Field(pattern=r"^[0-9]{11}$")]
+    kind: Literal[tuple(FEED_RULES)]  # type: ignore[valid-type]
+    occurred_at: Annotated[dt.datetime, BeforeValidator(_rfc3339)]
+
+
+_REASONS = {"event_id": "invalid_event_id", "resident_code": "invalid_resident_code", "kind": "unknown_kind",
+            "occurred_at": "invalid_occurred_at"}
+
+
+def _reason(exc: ValidationError) -> str:
+    """The reason an event is rejected: an unknown field first, then a missing one, then the first field
+    (in the order of EventBody) that is wrong."""
+    found = exc.errors()
+    for kind, label in (("extra_forbidden", "unknown_field"), ("missing", "missing_field")):
+        names = sorted(str(e["loc"][0]) for e in found if e["type"] == kind)
+        if names:
+            return f"{label}:{names[0]}"
+    wrong = {e["loc"][0] for e in found}
+    return next(reason for name, reason in _REASONS.items() if name in wrong)
+
+
 def parse_event(raw, seq: int, key: bytes, now: dt.datetime) -> FeedEvent:
     """Check one event; raises Rejected(reason) naming what is wrong (the event is not recorded)."""
     if not isinstance(raw, dict):
         raise Rejected("not_an_object")
-    extra = set(raw) - _FIELDS
-    if extra:
-        raise Rejected(f"unknown_field:{sorted(extra)[0]}")
-    missing = _FIELDS - set(raw)
-    if missing:
-        raise Rejected(f"missing_field:{sorted(missing)[0]}")
-    event_id = raw["event_id"]
-    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
-        raise Rejected("invalid_event_id")
-    code = raw["resident_code"]
-    if not isinstance(code, str) or len(code) != 11 or not code.isascii() or not code.isdigit():
-        raise Rejected("invalid_resident_code")
-    kind = raw["kind"]
-    if not isinstance(kind, str) or kind not in FEED_RULES:
-        raise Rejected("unknown_kind")
     try:
-        occurred_at = parse_rfc3339(raw["occurred_at"])
-    except ValueError:
-        raise Rejected("invalid_occurred_at") from None
+        body = EventBody.model_validate(raw)
+    except ValidationError as exc:
+        raise Rejected(_reason(exc)) from None
+    occurred_at = body.occurred_at
     if occurred_at > now + MAX_FUTURE:
         raise Rejected("occurred_at_in_future")
-    return FeedEvent(seq, event_id, resident_hash(key, code), kind, occurred_at)
+    return FeedEvent(seq, body.event_id, resident_hash(key, body.resident_code), body.kind, occurred_at)
 
 
 def parse_batch(body: bytes, content_type: str, max_events: int) -> list:
@@ -101,31 +120,38 @@ def parse_batch(body: bytes, content_type: str, max_events: int) -> list:
 
 
 class FeedService:
-    def __init__(self, rt):
-        self.rt = rt
+    """The feed, built from a pool, a clock, the resident-hash key and the revocation settings."""
+
+    def __init__(self, *, pool, clock: Clock, resident_key: bytes, settings: RevocationConfig):
+        self.pool = pool
+        self.clock = clock
+        self.resident_key = resident_key
+        self.settings = settings
+
+    @classmethod
+    def from_runtime(cls, rt) -> "FeedService":
+        return cls(pool=rt.pool, clock=rt.clock, resident_key=rt.resident_key, settings=rt.cfg.revocation)
 
     async def apply(self, client, raw_events: list) -> dict:
         """Apply a batch; returns {"results": [...], "summary": {...}} with one result per event, in order."""
         started = time.perf_counter()
-        rt = self.rt
-        now = rt.clock.now()
+        now = self.clock.now()
         results: list[dict | None] = [None] * len(raw_events)
         parsed: list[FeedEvent] = []
         for i, raw in enumerate(raw_events):
             try:
-                parsed.append(parse_event(raw, i, rt.resident_key, now))
+                parsed.append(parse_event(raw, i, self.resident_key, now))
             except Rejected as exc:
                 eid = raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
                 results[i] = {"event_id": eid, "outcome": "rejected", "reason": exc.reason}
-        size = rt.cfg.revocation.feed_chunk_events
+        size = self.settings.feed_chunk_events
         for start in range(0, len(parsed), size):
             chunk = parsed[start:start + size]
             try:
-                for seq, result in (await self._apply_chunk(client, chunk, now)).items():
-                    results[seq] = result
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-                raise errors.Unavailable("the database is unavailable; events up to "
-                                         f"{chunk[0].event_id} were applied, resend the batch") from None
+                with unavailable_when_down(f"the database is unavailable; events before {chunk[0].event_id} "
+                                           "were applied, resend the batch"):
+                    for seq, result in (await self._apply_chunk(client, chunk, now)).items():
+                        results[seq] = result
             except asyncpg.DeadlockDetectedError:
                 raise errors.Unavailable("concurrent changes; resend the batch (applied events are answered "
                                          "duplicate)", code="concurrent_change", retry_after=1) from None
@@ -133,12 +159,11 @@ class FeedService:
         for outcome, n in summary.items():
             FEED_EVENTS.labels(outcome).inc(n)
         FEED_BATCH.observe(time.perf_counter() - started)
-        return {"results": results, "summary": {k: summary.get(k, 0) for k in
-                                                ("applied", "duplicate", "no_certificate", "rejected")}}
+        return {"results": results, "summary": {k: summary.get(k, 0) for k in OUTCOMES}}
 
     async def _apply_chunk(self, client, chunk: list[FeedEvent], now: dt.datetime) -> dict[int, dict]:
-        out: dict[int, dict] = {}
-        async with self.rt.pool.acquire() as conn:
+        """One transaction: claim the chunk's event ids, apply the new events, answer the repeats."""
+        async with self.pool.acquire() as conn:
             async with conn.transaction():
                 claimed = await feed_events.claim(
                     conn, client.id, [(e.seq, e.event_id, e.resident_hash, e.kind, e.occurred_at) for e in chunk], now)
@@ -151,47 +176,60 @@ class FeedService:
                         new.append(e)
                     else:
                         repeats.append(e)
+                out, revoked = await self._apply_new(conn, client, new, now)
                 earlier = await feed_events.stored(conn, {e.event_id for e in repeats} - claimed)
-
-                by_resident: dict[bytes, dict] = defaultdict(dict)
-                for cert in await feed_events.live_certificates(conn, {e.resident_hash for e in new}):
-                    by_resident[cert.resident_hash][cert.kind] = cert
-                items, applied, reissue = [], [], []
-                for e in new:  # in batch order: an earlier event of a resident takes the certificate first
-                    rule = FEED_RULES[e.kind]
-                    live = by_resident.get(e.resident_hash, {})
-                    targets = [live.pop(k) for k in rule.revokes if k in live]
-                    if targets:
-                        items.extend((c, rule.reason, e.event_id, encode_entry(c.serial, now, rule.reason))
-                                     for c in targets)
-                        applied.append((e.event_id, None, len(targets)))
-                        if rule.free_reissue:
-                            reissue.append((e.resident_hash, e.kind, e.event_id))
-                        out[e.seq] = {"event_id": e.event_id, "outcome": "applied", "revoked": len(targets)}
-                    elif not rule.revokes and "signing" in live:
-                        # Municipal merger: nothing revoked, the holder may get a new certificate free.
-                        applied.append((e.event_id, "free_reissue", 0))
-                        reissue.append((e.resident_hash, e.kind, e.event_id))
-                        out[e.seq] = {"event_id": e.event_id, "outcome": "applied", "revoked": 0}
-                    else:
-                        out[e.seq] = {"event_id": e.event_id, "outcome": "no_certificate"}
-                await rev_store.revoke_many(conn, items, at=now, source="feed", client_id=client.id)
-                await feed_events.set_applied(conn, applied)
-                await rev_store.mark_free_reissue(conn, reissue, at=now)
                 for e in repeats:
-                    orig = first.get(e.event_id)
-                    if orig is not None:
-                        same = (orig.resident_hash, orig.kind, orig.occurred_at) == (e.resident_hash, e.kind,
-                                                                                   e.occurred_at)
-                        original = out[orig.seq]["outcome"]
-                    else:
-                        s = earlier[e.event_id]
-                        same = (s.resident_hash, s.kind, s.occurred_at) == (e.resident_hash, e.kind, e.occurred_at)
-                        original = s.outcome
-                    out[e.seq] = ({"event_id": e.event_id, "outcome": "duplicate", "original_outcome": original}
-                                  if same else {"event_id": e.event_id, "outcome": "rejected",
-                                                "reason": "event_id_conflict"})
+                    out[e.seq] = _repeat_outcome(e, first.get(e.event_id), out, earlier)
                 counts = Tally(r["outcome"] for r in out.values())
                 await audit.record(conn, action="feed_chunk", client_id=client.id,
-                                   details={"events": len(chunk), "revoked": len(items), **counts})
+                                   details={"events": len(chunk), "revoked": revoked, **counts})
         return out
+
+    async def _apply_new(self, conn, client, new: list[FeedEvent], now: dt.datetime) -> tuple[dict[int, dict], int]:
+        """Apply the rules to the events seen for the first time; returns their outcomes and how many
+        certificates were revoked."""
+        by_resident: dict[bytes, dict] = defaultdict(dict)
+        for cert in await feed_events.live_certificates(conn, {e.resident_hash for e in new}):
+            by_resident[cert.resident_hash][cert.kind] = cert
+        out: dict[int, dict] = {}
+        items, applied, reissue = [], [], []
+        for e in new:  # in batch order: an earlier event of a resident takes the certificate first
+            rule = FEED_RULES[e.kind]
+            live = by_resident.get(e.resident_hash, {})
+            targets = [live.pop(k) for k in rule.revokes if k in live]
+            if targets:
+                items.extend((c, rule.reason, e.event_id, encode_entry(c.serial, now, rule.reason))
+                             for c in targets)
+                applied.append((e.event_id, None, len(targets)))
+                if rule.free_reissue:
+                    reissue.append((e.resident_hash, e.kind, e.event_id))
+                out[e.seq] = {"event_id": e.event_id, "outcome": "applied", "revoked": len(targets)}
+            elif not rule.revokes and SIGNING in live:
+                # Municipal merger: nothing revoked, the holder may get a new certificate free.
+                applied.append((e.event_id, "free_reissue", 0))
+                reissue.append((e.resident_hash, e.kind, e.event_id))
+                out[e.seq] = {"event_id": e.event_id, "outcome": "applied", "revoked": 0}
+            else:
+                out[e.seq] = {"event_id": e.event_id, "outcome": "no_certificate"}
+        await rev_store.revoke_many(conn, items, at=now, source="feed", client_id=client.id)
+        await feed_events.set_applied(conn, applied)
+        await rev_store.mark_free_reissue(conn, reissue, at=now)
+        return out, len(items)
+
+
+OUTCOMES = ("applied", "duplicate", "no_certificate", "rejected")
+
+
+def _repeat_outcome(e: FeedEvent, orig: FeedEvent | None, out: dict[int, dict], earlier: dict) -> dict:
+    """An event id seen before (earlier in this batch, or stored): 'duplicate' when it says the same,
+    'rejected' (event_id_conflict) when the same id says something else."""
+    if orig is not None:
+        same = (orig.resident_hash, orig.kind, orig.occurred_at) == (e.resident_hash, e.kind, e.occurred_at)
+        original = out[orig.seq]["outcome"]
+    else:
+        stored = earlier[e.event_id]
+        same = (stored.resident_hash, stored.kind, stored.occurred_at) == (e.resident_hash, e.kind, e.occurred_at)
+        original = stored.outcome
+    if same:
+        return {"event_id": e.event_id, "outcome": "duplicate", "original_outcome": original}
+    return {"event_id": e.event_id, "outcome": "rejected", "reason": "event_id_conflict"}

@@ -16,8 +16,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from ca_core import errors, online
+from ca_core.clock import Clock
+from ca_core.config import RevocationConfig
+from ca_core.kinds import AUTH, KINDS, Kind
 from ca_core.serials import parse_serial_hex
-from shomei.http import RT, authenticate, operator_id, read_body, read_model, run_in_background
+from plumbing.auth import ClientCache, authenticate, operator_id
+from plumbing.http import read_body, read_model
+from plumbing.tasks import run_in_background
+from storage import online_nonces
 
 from .feed import FeedService, parse_batch
 from .online_client import CONTENT_TYPE as CMS_CONTENT_TYPE
@@ -27,7 +33,6 @@ from .service import WindowRequest, WindowService
 log = logging.getLogger(__name__)
 
 RequestId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-Kind = Literal["signing", "auth"]
 
 
 class _Strict(BaseModel):
@@ -78,88 +83,84 @@ def _window_request(action: str, body: _Target, default_kinds: tuple[str, ...]) 
         invalidity_date=_time(getattr(body, "invalidity_date", None), "invalidity_date"))
 
 
-WINDOW = web.AppKey("revocation_window", WindowService)
-FEED = web.AppKey("revocation_feed", FeedService)
-ONLINE = web.AppKey("revocation_online", OnlineWindow)
+class RevocationEndpoints:
+    """The HTTP face of the revocation lifecycle: the window (terminals), the feed, the online window."""
 
+    def __init__(self, *, window: WindowService, feed: FeedService, online_window: OnlineWindow,
+                 clients: ClientCache, max_body_bytes: int, settings: RevocationConfig):
+        self.window = window
+        self.feed = feed
+        self.online_window = online_window
+        self.clients = clients
+        self.max_body_bytes = max_body_bytes
+        self.settings = settings
 
-async def _window(request: web.Request, action: str, model, default_kinds) -> web.Response:
-    rt = request.app[RT]
-    client = await authenticate(request, rt.clients, "terminal")
-    operator = operator_id(request)
-    body = await read_model(request, model, rt.cfg.server.max_body_bytes)
-    result = await request.app[WINDOW].handle(client, operator, _window_request(action, body, default_kinds))
-    return web.json_response(result.body, status=201 if result.created else 200)
+    async def _window(self, request: web.Request, action: str, model, default_kinds) -> web.Response:
+        client = await authenticate(request, self.clients, "terminal")
+        operator = operator_id(request)
+        body = await read_model(request, model, self.max_body_bytes)
+        result = await self.window.handle(client, operator, _window_request(action, body, default_kinds))
+        return web.json_response(result.body, status=201 if result.created else 200)
 
+    async def post_revocations(self, request: web.Request) -> web.Response:
+        return await self._window(request, "revoke", RevokeBody, ())
 
-async def post_revocations(request: web.Request) -> web.Response:
-    return await _window(request, "revoke", RevokeBody, ())
+    async def post_holds(self, request: web.Request) -> web.Response:
+        return await self._window(request, "hold", HoldBody, KINDS)
 
+    async def post_hold_release(self, request: web.Request) -> web.Response:
+        return await self._window(request, "release", HoldBody, (AUTH,))
 
-async def post_holds(request: web.Request) -> web.Response:
-    return await _window(request, "hold", HoldBody, ("signing", "auth"))
+    async def post_residency_events(self, request: web.Request) -> web.Response:
+        client = await authenticate(request, self.clients, "feed")
+        cfg = self.settings
+        body = await read_body(request, cfg.feed_max_body_bytes, ("application/json", "application/x-ndjson"))
+        events = parse_batch(body, request.content_type, cfg.feed_max_events)
+        return web.json_response(await self.feed.apply(client, events))
 
-
-async def post_hold_release(request: web.Request) -> web.Response:
-    return await _window(request, "release", HoldBody, ("auth",))
-
-
-async def post_residency_events(request: web.Request) -> web.Response:
-    rt = request.app[RT]
-    client = await authenticate(request, rt.clients, "feed")
-    cfg = rt.cfg.revocation
-    body = await read_body(request, cfg.feed_max_body_bytes, ("application/json", "application/x-ndjson"))
-    events = parse_batch(body, request.content_type, cfg.feed_max_events)
-    answer = await request.app[FEED].apply(client, events)
-    return web.json_response(answer)
-
-
-async def _online(request: web.Request, procedure: str, status: int) -> web.Response:
-    rt = request.app[RT]
-    window = request.app[ONLINE]
-    window.try_enter(procedure)
-    try:
+    async def _online(self, request: web.Request, procedure: str, status: int) -> web.Response:
+        window = self.online_window
+        window.try_enter(procedure)
         try:
-            body = await read_body(request, rt.cfg.revocation.online_max_body_bytes, (CMS_CONTENT_TYPE,))
-        except (errors.UnsupportedMediaType, errors.PayloadTooLarge) as exc:
-            en, ja = online.messages(exc.code, procedure)
-            raise type(exc)(en, field=exc.field, message_ja=ja) from None
-        answer = await window.handle(procedure, body)
-    finally:
-        window.leave()
-    return web.json_response(answer, status=status)
+            body = await read_body(request, self.settings.online_max_body_bytes, (CMS_CONTENT_TYPE,),
+                                   messages=lambda code: online.messages(code, procedure))
+            answer = await window.handle(procedure, body)
+        finally:
+            window.leave()
+        return web.json_response(answer, status=status)
+
+    async def post_online_revocations(self, request: web.Request) -> web.Response:
+        return await self._online(request, "revocation", 202)
+
+    async def post_online_validity_checks(self, request: web.Request) -> web.Response:
+        return await self._online(request, "validity_check", 200)
 
 
-async def post_online_revocations(request: web.Request) -> web.Response:
-    return await _online(request, "revocation", 202)
-
-
-async def post_online_validity_checks(request: web.Request) -> web.Response:
-    return await _online(request, "validity_check", 200)
-
-
-async def _purge_nonces(rt) -> None:
+async def _purge_nonces(pool, clock: Clock, retention_days: int) -> None:
     """Background: forget nonces older than revocation.nonce_retention_days (they are stale anyway)."""
-    from storage import online_nonces
-
     while True:
         try:
-            before = rt.clock.now() - dt.timedelta(days=rt.cfg.revocation.nonce_retention_days)
-            async with rt.pool.acquire() as conn:
+            before = clock.now() - dt.timedelta(days=retention_days)
+            async with pool.acquire() as conn:
                 await online_nonces.purge(conn, before)
         except Exception as exc:  # a failed purge is retried next hour
             log.warning("nonce purge failed: %s", type(exc).__name__)
         await asyncio.sleep(3600)
 
 
+ENDPOINTS = web.AppKey("revocation", RevocationEndpoints)
+
+
 def setup(app: web.Application, rt) -> None:
-    app[WINDOW] = WindowService(rt)
-    app[FEED] = FeedService(rt)
-    app[ONLINE] = OnlineWindow(rt)
-    app.router.add_post("/v1/revocations", post_revocations)
-    app.router.add_post("/v1/holds", post_holds)
-    app.router.add_post("/v1/holds/release", post_hold_release)
-    app.router.add_post("/v1/residency-events", post_residency_events)
-    app.router.add_post("/v1/online/revocations", post_online_revocations)
-    app.router.add_post("/v1/online/validity-checks", post_online_validity_checks)
-    run_in_background(app, "nonce-purge", lambda: _purge_nonces(rt))
+    e = app[ENDPOINTS] = RevocationEndpoints(
+        window=WindowService.from_runtime(rt), feed=FeedService.from_runtime(rt),
+        online_window=OnlineWindow.from_runtime(rt), clients=rt.clients,
+        max_body_bytes=rt.cfg.server.max_body_bytes, settings=rt.cfg.revocation)
+    app.router.add_post("/v1/revocations", e.post_revocations)
+    app.router.add_post("/v1/holds", e.post_holds)
+    app.router.add_post("/v1/holds/release", e.post_hold_release)
+    app.router.add_post("/v1/residency-events", e.post_residency_events)
+    app.router.add_post("/v1/online/revocations", e.post_online_revocations)
+    app.router.add_post("/v1/online/validity-checks", e.post_online_validity_checks)
+    run_in_background(app, "nonce-purge",
+                      lambda: _purge_nonces(rt.pool, rt.clock, rt.cfg.revocation.nonce_retention_days))

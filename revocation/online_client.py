@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from ca_core.clock import format_rfc3339
+
 Sign = Callable[[bytes], bytes]  # message -> RSA PKCS#1 v1.5 SHA-256 signature
 
 CONTENT_TYPE = "application/pkcs7-mime"
@@ -52,7 +54,7 @@ def document(procedure: str, serial: int, applicant: dict, *, issued_at: dt.date
     body = {
         "procedure": procedure,
         "serial": format(serial, "x"),
-        "issued_at": issued_at.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "issued_at": format_rfc3339(issued_at),
         "nonce": base64.b64encode(nonce if nonce is not None else secrets.token_bytes(16)).decode(),
         "applicant": applicant,
     }

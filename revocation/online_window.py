@@ -14,8 +14,14 @@ import asyncpg
 from prometheus_client import Counter
 
 from ca_core import errors, lifecycle, online
+from ca_core.ca import IssuerSource
+from ca_core.clock import Clock, format_rfc3339
+from ca_core.config import RevocationConfig
+from ca_core.kinds import SIGNING
+from ca_core.revocation import encode_entry
 from ca_core.serials import serial_bytes, serial_hex
 from storage import audit, certificates as cert_store, online_nonces, revocations as rev_store
+from storage.db import DATABASE_DOWN
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +29,19 @@ ONLINE = Counter("shomei_online_applications_total", "Online window applications
                  ["procedure", "result"])
 
 
-def _iso(at: dt.datetime) -> str:
-    return at.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 class OnlineWindow:
-    def __init__(self, rt):
-        self.rt = rt
-        self.cfg = rt.cfg.revocation
+    """The online window, built from a pool, a clock, the CA generations and the revocation settings."""
+
+    def __init__(self, *, pool, clock: Clock, issuers: IssuerSource, settings: RevocationConfig):
+        self.pool = pool
+        self.clock = clock
+        self.issuers = issuers
+        self.cfg = settings
         self.in_flight = 0
+
+    @classmethod
+    def from_runtime(cls, rt) -> "OnlineWindow":
+        return cls(pool=rt.pool, clock=rt.clock, issuers=rt.directory, settings=rt.cfg.revocation)
 
     def try_enter(self, procedure: str) -> None:
         """Shed load: beyond ``online_max_in_flight`` requests in this process, answer busy (503)."""
@@ -58,10 +68,9 @@ class OnlineWindow:
         return answer
 
     async def _handle(self, procedure: str, body: bytes) -> dict:
-        rt = self.rt
-        now = rt.clock.now()
+        now = self.clock.now()
         app = online.parse_application(body, procedure)
-        issuer = rt.issuers.by_key_id(app.authority_key_id) if app.authority_key_id else None
+        issuer = self.issuers.issuers.by_key_id(app.authority_key_id) if app.authority_key_id else None
         if issuer is None:
             raise online.online_error("unknown_issuer", procedure)
         online.verify_certificate(app, issuer.certificate_der)
@@ -70,7 +79,7 @@ class OnlineWindow:
         online.check_not_expired(app, now)
         online.check_fresh(app, now, dt.timedelta(seconds=self.cfg.online_max_skew_seconds))
         try:
-            async with rt.pool.acquire() as conn:
+            async with self.pool.acquire() as conn:
                 async with conn.transaction():
                     return await self._record(conn, app, issuer, now)
         except asyncpg.UniqueViolationError as exc:
@@ -79,7 +88,7 @@ class OnlineWindow:
             if exc.constraint_name == "revocation_pending":
                 raise online.online_error("already_requested", procedure) from None
             raise
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.DeadlockDetectedError):
+        except (*DATABASE_DOWN, asyncpg.DeadlockDetectedError):
             raise online.online_error("busy", procedure, retry_after=self.cfg.online_retry_after) from None
 
     async def _record(self, conn, app: online.Application, issuer, now: dt.datetime) -> dict:
@@ -106,14 +115,14 @@ class OnlineWindow:
             await online_nonces.set_result(conn, doc.nonce, result)
             await audit.record(conn, action="online_validity_check", serial=serial_bytes(cert.serial),
                                request_id=ref, details={"result": result})
-            answer = {"result": result, "serial": serial_hex(cert.serial), "kind": cert.kind, "checked_at": _iso(now)}
+            answer = {"result": result, "serial": serial_hex(cert.serial), "kind": cert.kind, "checked_at": format_rfc3339(now)}
             if detail:
                 answer["reason"] = detail
             return answer
 
         ids = {cert.id}
         if lifecycle.cascades(cert.kind):
-            ids.update(s.id for s in await cert_store.live_of_resident(conn, cert.resident_hash, ("signing",)))
+            ids.update(s.id for s in await cert_store.live_of_resident(conn, cert.resident_hash, (SIGNING,)))
         locked = {c.id: c for c in await rev_store.lock_certificates(conn, ids)}
         cert = locked[cert.id]
         if cert.status == "revoked":
@@ -124,11 +133,12 @@ class OnlineWindow:
         for c in sorted(locked.values(), key=lambda c: c.id != cert.id):
             if c.status == "revoked" or (c.id != cert.id and await rev_store.pending_for(conn, c.id) is not None):
                 continue
-            await rev_store.accept_pending(conn, c, reason=int(lifecycle.ONLINE_RULE.reason), at=now,
-                                           source="online", source_ref=ref)
+            reason = lifecycle.ONLINE_RULE.reason
+            await rev_store.accept_pending(conn, c, reason=int(reason), at=now, source="online", source_ref=ref,
+                                           entry_der=encode_entry(c.serial, now, reason))
             await audit.record(conn, action="online_revocation_accepted", serial=serial_bytes(c.serial),
                                request_id=ref, details={"kind": c.kind, "cascade": c.id != cert.id})
             accepted.append({"serial": serial_hex(c.serial), "kind": c.kind})
         await online_nonces.set_result(conn, doc.nonce, "accepted")
-        return {"status": "accepted", "serial": serial_hex(cert.serial), "accepted_at": _iso(now),
+        return {"status": "accepted", "serial": serial_hex(cert.serial), "accepted_at": format_rfc3339(now),
                 "effective": "at the next CRL issuance", "certificates": accepted}

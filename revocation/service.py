@@ -18,9 +18,12 @@ from prometheus_client import Counter
 from ca_core import errors, lifecycle
 from ca_core.records import CertificateRecord
 from ca_core.resident import check_resident_code, resident_hash
-from ca_core.revocation import Reason
+from ca_core.clock import Clock, format_rfc3339
+from ca_core.kinds import KINDS, SIGNING
+from ca_core.revocation import Reason, encode_entry
 from ca_core.serials import serial_bytes, serial_hex
 from storage import audit, certificates as cert_store, revocations as rev_store, window_requests
+from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +54,17 @@ class WindowResult:
     body: dict
 
 
-def _iso(at: dt.datetime) -> str:
-    return at.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 class WindowService:
-    def __init__(self, rt):
-        self.rt = rt
+    """The window's revocations, holds and releases, built from a pool, a clock and the resident-hash key."""
+
+    def __init__(self, *, pool, clock: Clock, resident_key: bytes):
+        self.pool = pool
+        self.clock = clock
+        self.resident_key = resident_key
+
+    @classmethod
+    def from_runtime(cls, rt) -> "WindowService":
+        return cls(pool=rt.pool, clock=rt.clock, resident_key=rt.resident_key)
 
     async def handle(self, client, operator_id: str, req: WindowRequest) -> WindowResult:
         """Run one window request; raises a ShomeiError subclass on any rejection (nothing recorded)."""
@@ -75,7 +82,7 @@ class WindowService:
                                         code="invalid_target")
         if req.resident_code is not None:
             check_resident_code(req.resident_code)
-            if not req.kinds or any(k not in lifecycle.KINDS for k in req.kinds):
+            if not req.kinds or any(k not in KINDS for k in req.kinds):
                 raise errors.InvalidRequest("kinds must list 'signing' and/or 'auth'", field="kinds",
                                             code="invalid_kinds")
         if req.action == "revoke":
@@ -88,27 +95,27 @@ class WindowService:
         return None, None
 
     async def _handle(self, client, operator_id: str, req: WindowRequest) -> WindowResult:
-        rt = self.rt
-        now = rt.clock.now()
+        now = self.clock.now()
         rule, invalidity = self._validate(req, now)
-        rhash = resident_hash(rt.resident_key, req.resident_code) if req.resident_code else None
+        rhash = resident_hash(self.resident_key, req.resident_code) if req.resident_code else None
         try:
-            async with rt.pool.acquire() as conn:
-                async with conn.transaction():
-                    row_id = await window_requests.claim(conn, client_id=client.id, request_id=req.request_id,
-                                                         action=req.action, body_hash=req.body_hash(),
-                                                         operator_id=operator_id)
-                    if row_id is None:
-                        return await self._replay(conn, client, req)
-                    ctx = dict(conn=conn, client=client, operator_id=operator_id, req=req, now=now, rhash=rhash)
-                    if req.action == "revoke":
-                        body = await self._revoke(rule=rule, invalidity=invalidity, **ctx)
-                    elif req.action == "hold":
-                        body = await self._hold(**ctx)
-                    else:
-                        body = await self._release(**ctx)
-                    body = {"request_id": req.request_id, **body}
-                    await window_requests.set_response(conn, row_id, body)
+            with unavailable_when_down():
+                async with self.pool.acquire() as conn:
+                    async with conn.transaction():
+                        row_id = await window_requests.claim(conn, client_id=client.id, request_id=req.request_id,
+                                                             action=req.action, body_hash=req.body_hash(),
+                                                             operator_id=operator_id)
+                        if row_id is None:
+                            return await self._replay(conn, client, req)
+                        ctx = dict(conn=conn, client=client, operator_id=operator_id, req=req, now=now, rhash=rhash)
+                        if req.action == "revoke":
+                            body = await self._revoke(rule=rule, invalidity=invalidity, **ctx)
+                        elif req.action == "hold":
+                            body = await self._hold(**ctx)
+                        else:
+                            body = await self._release(**ctx)
+                        body = {"request_id": req.request_id, **body}
+                        await window_requests.set_response(conn, row_id, body)
         except asyncpg.DeadlockDetectedError:
             raise errors.Unavailable("concurrent changes to the same certificates; nothing was recorded, retry",
                                      code="concurrent_change", retry_after=1) from None
@@ -117,8 +124,6 @@ class WindowService:
                 raise errors.Conflict("the certificate changed concurrently; nothing was recorded, retry",
                                       code="concurrent_change") from None
             raise
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-            raise errors.Unavailable("the database is unavailable; nothing was recorded") from None
         return WindowResult(True, body)
 
     async def _replay(self, conn, client, req: WindowRequest) -> WindowResult:
@@ -150,7 +155,7 @@ class WindowService:
             # Rule: the authentication certificate revoked => the signing certificate revoked too.
             for c in targets:
                 if lifecycle.cascades(c.kind):
-                    ids.update(s.id for s in await cert_store.live_of_resident(conn, c.resident_hash, ("signing",)))
+                    ids.update(s.id for s in await cert_store.live_of_resident(conn, c.resident_hash, (SIGNING,)))
         locked = await rev_store.lock_certificates(conn, ids)
         for cert in locked:
             if cert.id in primary and cert.status == "revoked":
@@ -166,13 +171,14 @@ class WindowService:
             reason = lifecycle.cascade_reason(rule.reason) if cascade else rule.reason
             inv = None if cascade else invalidity
             await rev_store.apply_revocation(conn, cert, reason=int(reason), at=now, effective_at=now,
-                                             source="window", source_ref=req.request_id, invalidity_date=inv)
+                                             source="window", source_ref=req.request_id, invalidity_date=inv,
+                                             entry_der=encode_entry(cert.serial, now, reason, inv))
             await audit.record(conn, action="revoke", client_id=client.id, operator_id=operator_id,
                                serial=serial_bytes(cert.serial), request_id=req.request_id,
                                details={"reason": reason.name, "window_reason": req.reason, "kind": cert.kind,
                                         "cascade": cascade})
             done.append({"serial": serial_hex(cert.serial), "kind": cert.kind, "reason": reason.name,
-                         "revoked_at": _iso(now), "invalidity_date": _iso(inv) if inv else None,
+                         "revoked_at": format_rfc3339(now), "invalidity_date": format_rfc3339(inv) if inv else None,
                          "cascade": cascade})
         if rule.free_reissue and done:
             residents = {c.resident_hash for c in locked}
@@ -193,10 +199,11 @@ class WindowService:
                                   code="already_held")
         done = []
         for cert in todo:
-            await rev_store.place_hold(conn, cert, at=now, source="hold", source_ref=req.request_id)
+            await rev_store.place_hold(conn, cert, at=now, source="hold", source_ref=req.request_id,
+                                       entry_der=encode_entry(cert.serial, now, Reason.certificate_hold))
             await audit.record(conn, action="hold", client_id=client.id, operator_id=operator_id,
                                serial=serial_bytes(cert.serial), request_id=req.request_id, details={"kind": cert.kind})
-            done.append({"serial": serial_hex(cert.serial), "kind": cert.kind, "held_at": _iso(now)})
+            done.append({"serial": serial_hex(cert.serial), "kind": cert.kind, "held_at": format_rfc3339(now)})
         return {"held": done}
 
     async def _release(self, *, conn, client, operator_id, req, now, rhash) -> dict:
@@ -216,5 +223,5 @@ class WindowService:
             await rev_store.release_hold(conn, cert, at=now)
             await audit.record(conn, action="hold_release", client_id=client.id, operator_id=operator_id,
                                serial=serial_bytes(cert.serial), request_id=req.request_id, details={"kind": cert.kind})
-            done.append({"serial": serial_hex(cert.serial), "kind": cert.kind, "released_at": _iso(now)})
+            done.append({"serial": serial_hex(cert.serial), "kind": cert.kind, "released_at": format_rfc3339(now)})
         return {"released": done}

@@ -6,8 +6,12 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from ca_core.errors import NotFound, ShomeiError, Unavailable
-from shomei.http import RT, error_middleware
+from ca_core.errors import NotFound, ShomeiError
+from ca_core.kinds import KINDS
+from plumbing.http import error_middleware
+from plumbing.runtime import Runtime
+
+RT = web.AppKey("runtime", Runtime)  # the shell's own handlers (health, CA certificates) read it
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ async def healthz(request: web.Request) -> web.Response:
     except ShomeiError as exc:
         checks["token"] = f"error: {exc.message}"
     checks["cas"] = {ca: (f"g{i.generation}" if (i := rt.issuers.current(ca)) else "missing")
-                     for ca in ("signing", "auth")}
+                     for ca in KINDS}
     ok = checks["database"] == "ok" and checks["token"] == "ok" and "missing" not in checks["cas"].values()
     return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
@@ -47,7 +51,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _issuer_or_404(rt, ca: str, key_id_hex: str | None):
-    if ca not in ("signing", "auth"):
+    if ca not in KINDS:
         raise NotFound(f"no CA {ca!r}; CAs are 'signing' and 'auth'", field="ca", code="unknown_ca")
     if key_id_hex is None:
         issuer = rt.issuers.current(ca)
@@ -80,7 +84,7 @@ async def ca_list(request: web.Request) -> web.Response:
         for i in rt.issuers]})
 
 
-def make_app(rt) -> web.Application:
+def make_app(rt: Runtime) -> web.Application:
     """Build the application around an open Runtime."""
     import crl_publisher.http as crl_http
     import issuance.http as issuance_http

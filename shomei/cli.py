@@ -13,6 +13,8 @@ import click
 
 from ca_core import config as config_mod
 from ca_core.errors import ShomeiError
+from ca_core.kinds import KINDS
+from plumbing.cli import CommandContext, fail, pass_context
 
 log = logging.getLogger("shomei")
 
@@ -28,7 +30,7 @@ def _config(prepare: bool = True, *, stop_at_exit: bool = True):
     PostgreSQL again when the command ends, if this command started it)."""
     import atexit
 
-    from shomei.runtime import prepare_embedded, stop_embedded
+    from shomei.embedded import prepare_embedded, stop_embedded
 
     cfg = config_mod.load()
     if cfg.embedded and prepare:
@@ -38,48 +40,25 @@ def _config(prepare: bool = True, *, stop_at_exit: bool = True):
     return cfg
 
 
-def _fail(exc: ShomeiError) -> None:
-    click.echo(f"error: {exc.message}", err=True)
-    sys.exit(2)
-
-
-async def _with_runtime(cfg, fn):
-    from shomei.runtime import open_runtime
-
-    rt = await open_runtime(cfg)
-    try:
-        return await fn(rt)
-    finally:
-        await rt.close()
-
-
-def run_async(cfg, fn):
-    try:
-        return asyncio.run(_with_runtime(cfg, fn))
-    except ShomeiError as exc:
-        _fail(exc)
-
-
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """shomei: certificate-authority back end for a national individual PKI."""
     _setup_logging(verbose)
+    ctx.obj = CommandContext(load_config=_config)
 
 
 # -- key ceremony and CAs ------------------------------------------------------------------------
 
 @main.command()
-def ceremony() -> None:
+@pass_context
+def ceremony(ctx: CommandContext) -> None:
     """Create the CA keys, self-signed CA certificates and OCSP responder certificates that are
     missing (idempotent: a second run changes nothing)."""
     from shomei.operations import run_ceremony
 
-    try:
-        cfg = _config()
-    except ShomeiError as exc:
-        _fail(exc)
-    done = run_async(cfg, run_ceremony)
+    done = ctx.run(run_ceremony)
     for line in done or ["nothing to do: every CA has its key, certificate and responder"]:
         click.echo(line)
 
@@ -94,17 +73,13 @@ def _colon_hex(hexstr: str) -> str:
 
 
 @ca.command("list")
-def ca_list() -> None:
+@pass_context
+def ca_list(ctx: CommandContext) -> None:
     """Each CA generation with its SHA-256 fingerprint, as residents are told to compare."""
-    try:
-        cfg = _config()
-    except ShomeiError as exc:
-        _fail(exc)
-
     async def _list(rt):
         return list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}
 
-    issuers, current = run_async(cfg, _list)
+    issuers, current = ctx.run(_list)
     if not issuers:
         click.echo("no CA yet: run `shomei ceremony`")
     for i in issuers:
@@ -115,16 +90,13 @@ def ca_list() -> None:
 
 
 @ca.command("rollover")
-@click.option("--ca", "ca_id", type=click.Choice(["signing", "auth"]), required=True)
-def ca_rollover(ca_id: str) -> None:
+@click.option("--ca", "ca_id", type=click.Choice(KINDS), required=True)
+@pass_context
+def ca_rollover(ctx: CommandContext, ca_id: str) -> None:
     """Make a new key generation of a CA current (same name, new key)."""
     from shomei.operations import rollover
 
-    try:
-        cfg = _config()
-    except ShomeiError as exc:
-        _fail(exc)
-    click.echo(run_async(cfg, lambda rt: rollover(rt, ca_id)))
+    click.echo(ctx.run(lambda rt: rollover(rt, ca_id)))
 
 
 # -- clients -------------------------------------------------------------------------------------
@@ -138,7 +110,8 @@ def client() -> None:
 @click.option("--kind", type=click.Choice(["terminal", "feed", "verifier"]), required=True)
 @click.option("--name", required=True)
 @click.option("--municipality", "municipality_code", help="Municipality code of a terminal.")
-def client_add(kind: str, name: str, municipality_code: str | None) -> None:
+@pass_context
+def client_add(ctx: CommandContext, kind: str, name: str, municipality_code: str | None) -> None:
     """Register a client and print its bearer credential (shown once; only its hash is stored)."""
     from ca_core.municipality import validate_code
     from storage import clients as client_store
@@ -148,9 +121,8 @@ def client_add(kind: str, name: str, municipality_code: str | None) -> None:
             if not municipality_code:
                 raise click.UsageError("a terminal needs --municipality")
             validate_code(municipality_code)
-        cfg = _config()
     except ShomeiError as exc:
-        _fail(exc)
+        fail(exc)
 
     async def _add(rt):
         async with rt.pool.acquire() as conn:
@@ -159,7 +131,7 @@ def client_add(kind: str, name: str, municipality_code: str | None) -> None:
             _c, token = await client_store.register(conn, kind=kind, name=name, municipality_code=municipality_code)
         return token
 
-    click.echo(run_async(cfg, _add))
+    click.echo(ctx.run(_add))
 
 
 @main.group()
@@ -170,31 +142,31 @@ def municipality() -> None:
 @municipality.command("add")
 @click.argument("code")
 @click.argument("name_romaji")
-def municipality_add(code: str, name_romaji: str) -> None:
+@pass_context
+def municipality_add(ctx: CommandContext, code: str, name_romaji: str) -> None:
     """Register or rename a municipality: CODE (6 digits with check digit) and its romaji name."""
     from ca_core.municipality import validate_code
+    from storage import municipalities
 
     try:
         validate_code(code)
-        cfg = _config()
     except ShomeiError as exc:
-        _fail(exc)
+        fail(exc)
 
     async def _add(rt):
         async with rt.pool.acquire() as conn:
-            await conn.execute("INSERT INTO municipality (code, name_romaji) VALUES ($1, $2) ON CONFLICT (code)"
-                               " DO UPDATE SET name_romaji = EXCLUDED.name_romaji", code, name_romaji)
+            await municipalities.upsert(conn, code, name_romaji)
         return f"municipality {code} = {name_romaji}"
 
-    click.echo(run_async(cfg, _add))
+    click.echo(ctx.run(_add))
 
 
 # -- serving -------------------------------------------------------------------------------------
 
 async def _bootstrap(cfg, embedded: bool) -> None:
     """Once per `serve`, before the workers: migrations, the ceremony, the demo clients (embedded)."""
+    from plumbing.runtime import check_keys, open_runtime
     from shomei.operations import ensure_demo_client, run_ceremony
-    from shomei.runtime import check_keys, open_runtime
 
     rt = await open_runtime(cfg)
     try:
@@ -214,11 +186,10 @@ async def serve_worker(cfg, index: int) -> None:
     """One worker process: its own database pool and token session, sharing the port (SO_REUSEPORT)."""
     from aiohttp import web
 
+    from plumbing.runtime import open_runtime
     from shomei.app import make_app
-    from shomei.runtime import open_runtime
 
-    rt = await open_runtime(cfg, migrate=False)
-    rt.extras["worker_index"] = index
+    rt = await open_runtime(cfg, migrate=False, worker_index=index)
     app = make_app(rt)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -258,8 +229,7 @@ def serve(workers: int | None) -> None:
         embedded = config_mod.load().embedded
         cfg = _config()
         if workers is not None:
-            import dataclasses
-            cfg = cfg.replace(server=dataclasses.replace(cfg.server, workers=workers))
+            cfg = cfg.replace(server=cfg.server.replace(workers=workers))
         asyncio.run(_bootstrap(cfg, embedded))
         n = cfg.server.workers
         if embedded:
@@ -270,7 +240,7 @@ def serve(workers: int | None) -> None:
         else:
             _serve_processes(cfg, n)
     except ShomeiError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         pass
     # The embedded PostgreSQL, if this command started it, stops at exit (see _config).

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ca_core.config import Config
 from ca_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -198,3 +199,28 @@ class EmbeddedToken:
                 raise ConfigError(f"cannot initialise the SoftHSM token: {res.stderr.strip()}")
             log.info("initialised SoftHSM token %r", self.label)
         return TokenInfo(module=module, label=self.label, pin_file=str(self.user_pin_file), conf=str(self.conf))
+
+
+EMBEDDED_PG_PORT = int(os.environ.get("SHOMEI_PG_PORT", "55432"))
+
+
+def prepare_embedded(cfg: Config) -> tuple[Config, bool]:
+    """Start (or reuse) the embedded PostgreSQL and SoftHSM token under var/; returns the filled-in config
+    and whether this call started PostgreSQL (then the caller stops it with stop_embedded)."""
+    var = Path(cfg.var_dir).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    pg = EmbeddedPostgres(var / "pg", EMBEDDED_PG_PORT)
+    url = pg.ensure_started()
+    token = EmbeddedToken(var / "softhsm").ensure()
+    key_file = var / "resident-hash.key"
+    if not key_file.exists():
+        write_secret(key_file, secrets.token_bytes(32))
+    return cfg.replace(
+        database_url=url,
+        hsm=cfg.hsm.replace(module=token.module, token_label=token.label, pin_file=token.pin_file),
+        security=cfg.security.replace(resident_hash_key_file=str(key_file)),
+    ), pg.started_here
+
+
+def stop_embedded(cfg: Config) -> None:
+    EmbeddedPostgres(Path(cfg.var_dir).resolve() / "pg", EMBEDDED_PG_PORT).stop()

@@ -65,3 +65,11 @@ async def insert_responder(conn, *, ca_generation_id: int, key_label: str, certi
     return await conn.fetchval(
         "INSERT INTO ocsp_responder (ca_generation_id, key_label, certificate, not_before, not_after)"
         " VALUES ($1,$2,$3,$4,$5) RETURNING id", ca_generation_id, key_label, certificate, not_before, not_after)
+
+
+_CEREMONY_LOCK = 0x5348_4F4D_4549_0001  # one ceremony (or rollover, or responder renewal) at a time
+
+
+async def lock_ceremony(conn) -> None:
+    """Serialise key ceremonies across processes and hosts, until the caller's transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CEREMONY_LOCK)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 
+from ca_core.kinds import KINDS
 from ca_core.records import CertificateRecord
 from ca_core.serials import serial_bytes
 
-_COLS = ("id, ca_generation_id, serial, kind, resident_hash, municipality_code, partition, not_before,"
+# The columns record_of() reads; other storage modules select them too.
+COLUMNS = ("id, ca_generation_id, serial, kind, resident_hash, municipality_code, partition, not_before,"
          " not_after, status, der")
 
 
-def _record(row) -> CertificateRecord:
+def record_of(row) -> CertificateRecord:
     return CertificateRecord(
         id=row["id"], ca_generation_id=row["ca_generation_id"], serial=int.from_bytes(row["serial"], "big"),
         kind=row["kind"], resident_hash=bytes(row["resident_hash"]), municipality_code=row["municipality_code"],
@@ -24,22 +26,22 @@ async def allocate_ids(conn, count: int) -> list[int]:
 
 
 async def by_serial(conn, serial: int, *, for_update: bool = False) -> CertificateRecord | None:
-    row = await conn.fetchrow(f"SELECT {_COLS} FROM certificate WHERE serial = $1"
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM certificate WHERE serial = $1"
                               + (" FOR UPDATE" if for_update else ""), serial_bytes(serial))
-    return _record(row) if row else None
+    return record_of(row) if row else None
 
 
-async def live_of_resident(conn, resident_hash: bytes, kinds=("signing", "auth"), *,
+async def live_of_resident(conn, resident_hash: bytes, kinds=KINDS, *,
                            for_update: bool = False) -> list[CertificateRecord]:
     """The resident's certificates that are not revoked (valid or held), of the given kinds."""
     rows = await conn.fetch(
-        f"SELECT {_COLS} FROM certificate WHERE resident_hash = $1 AND kind = ANY($2::text[])"
+        f"SELECT {COLUMNS} FROM certificate WHERE resident_hash = $1 AND kind = ANY($2::text[])"
         " AND status <> 'revoked' ORDER BY id" + (" FOR UPDATE" if for_update else ""),
         resident_hash, list(kinds))
-    return [_record(r) for r in rows]
+    return [record_of(r) for r in rows]
 
 
 async def of_issuance(conn, issuance_id: int) -> list[CertificateRecord]:
-    rows = await conn.fetch(f"SELECT {_COLS} FROM certificate WHERE issuance_id = $1 ORDER BY kind DESC",
+    rows = await conn.fetch(f"SELECT {COLUMNS} FROM certificate WHERE issuance_id = $1 ORDER BY kind DESC",
                             issuance_id)
-    return [_record(r) for r in rows]
+    return [record_of(r) for r in rows]

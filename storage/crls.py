@@ -60,6 +60,11 @@ async def partitions(conn, generation_id: int) -> list[int]:
     return [r["partition"] for r in rows]
 
 
+async def estimated_revocations(conn) -> int:
+    """The planner's estimate of the revocation table's rows (an upper bound to size pages by)."""
+    return int(await conn.fetchval("SELECT greatest(reltuples, 0) FROM pg_class WHERE relname = 'revocation'"))
+
+
 # -- the snapshot and the entries ----------------------------------------------------------------
 
 async def begin_snapshot(conn) -> str:
@@ -117,19 +122,22 @@ async def entry_page(conn, generation_id: int, partition: int | None, this_updat
     return row["n"], (row["der"] or b"")
 
 
-async def delta_entries(conn, generation_id: int, partition: int | None, base_snapshot: str,
-                        this_update: dt.datetime, encode_remove) -> tuple[int, bytes]:
-    """(count, concatenated DER in serial order) of a delta CRL: what changed since the base (RFC 5280
-    5.2.4). Entries in force now whose transaction the base snapshot did not see (new revocations,
-    holds, holds turned into revocations); and removeFromCRL, made by ``encode_remove(serial,
-    revocation date)``, for holds the base listed that have since been released and are not in force
-    again. Call inside the REPEATABLE READ transaction of the delta."""
+def _delta_scope(base_snapshot: str, partition: int | None) -> tuple[str, str, list]:
     # xmin of the base snapshot as a parameter: the xid indexes then scan only the changes since
     # (every transaction the base did not see has an xid >= its xmin).
     xmin = base_snapshot.split(":", 1)[0]
-    part = " AND partition = $5" if partition is not None else ""
-    extra = [partition] if partition is not None else []
-    released = await conn.fetch(
+    if partition is None:
+        return xmin, "", []
+    return xmin, " AND partition = $5", [partition]
+
+
+async def released_since(conn, generation_id: int, partition: int | None, base_snapshot: str,
+                         this_update: dt.datetime) -> list[tuple[bytes, dt.datetime]]:
+    """(serial, revocation date of the hold) of the holds the base listed that have since been released
+    and are not in force again: a delta lists them as removeFromCRL (RFC 5280 5.2.4). Call inside the
+    REPEATABLE READ transaction of the delta."""
+    xmin, part, extra = _delta_scope(base_snapshot, partition)
+    rows = await conn.fetch(
         "SELECT DISTINCT ON (serial) serial, revoked_at FROM revocation r"
         " WHERE ca_generation_id = $1 AND release_kind = 'hold_released' AND released_xid >= $4::text::xid8"
         " AND NOT pg_visible_in_snapshot(released_xid, $3::text::pg_snapshot)"
@@ -139,8 +147,16 @@ async def delta_entries(conn, generation_id: int, partition: int | None, base_sn
         "  AND a.released_at IS NULL AND a.effective_at IS NOT NULL AND a.cert_not_after >= $2)"
         f"{part} ORDER BY serial, revoked_at",
         generation_id, this_update, base_snapshot, xmin, *extra)
-    removes = [(bytes(r["serial"]), encode_remove(int.from_bytes(r["serial"], "big"), r["revoked_at"]))
-               for r in released]
+    return [(bytes(r["serial"]), r["revoked_at"]) for r in rows]
+
+
+async def delta_entries(conn, generation_id: int, partition: int | None, base_snapshot: str,
+                        this_update: dt.datetime, removes: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """(count, concatenated DER in serial order) of a delta CRL: the entries in force now whose
+    transaction the base snapshot did not see (new revocations, holds, holds turned into revocations),
+    merged with ``removes`` ((serial, removeFromCRL entry DER), from released_since). Call inside the
+    REPEATABLE READ transaction of the delta."""
+    xmin, part, extra = _delta_scope(base_snapshot, partition)
     n = 7 if partition is not None else 6
     row = await conn.fetchrow(
         "SELECT count(*) AS n, string_agg(der, ''::bytea) AS der FROM ("

@@ -1,6 +1,7 @@
 """Connection pool and schema migrations."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -10,6 +11,20 @@ from ca_core.errors import ConfigError, Unavailable
 from schemas import MIGRATIONS
 
 log = logging.getLogger(__name__)
+
+# What a lost, refused or reset database connection raises (TimeoutError is an OSError).
+DATABASE_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+@contextlib.contextmanager
+def unavailable_when_down(message: str = "the database is unavailable; nothing was recorded"):
+    """Turn a lost database connection inside the block into Unavailable (503, Retry-After): the
+    caller's transaction, if any, was rolled back by PostgreSQL, so nothing is half-done."""
+    try:
+        yield
+    except DATABASE_DOWN as exc:
+        log.error("database unavailable: %s", type(exc).__name__)
+        raise Unavailable(message) from None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ca_core.records import CertificateRecord
-from storage.certificates import _COLS as CERT_COLS, _record as cert_record
+from storage.certificates import COLUMNS as CERT_COLS, record_of as cert_record
 
 
 @dataclass(frozen=True)

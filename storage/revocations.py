@@ -4,7 +4,11 @@ from __future__ import annotations
 import datetime as dt
 
 from ca_core.records import CertificateRecord, RevocationRecord
+from ca_core.revocation import Reason
 from ca_core.serials import serial_bytes
+from storage.certificates import COLUMNS as CERT_COLS, record_of as cert_record
+
+HOLD = int(Reason.certificate_hold)
 
 _COLS = ("id, certificate_id, ca_generation_id, serial, partition, reason, revoked_at, effective_at,"
          " invalidity_date, source, source_ref, released_at")
@@ -57,15 +61,13 @@ STATUS_CHANNEL = "shomei_status"
 
 async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime,
                            effective_at: dt.datetime | None, source: str, source_ref: str | None,
-                           invalidity_date: dt.datetime | None = None) -> int:
+                           entry_der: bytes, invalidity_date: dt.datetime | None = None) -> int:
     """Revoke ``cert`` inside the caller's transaction (the caller holds the row lock): a hold in force
-    ends as 'hold_revoked', the revocation row gets its CRL entry DER, the certificate becomes revoked,
-    and listeners are notified on commit. Returns the revocation id."""
-    from ca_core.revocation import Reason, encode_entry
-
+    ends as 'hold_revoked', the revocation row keeps ``entry_der`` (its CRL entry), the certificate
+    becomes revoked, and listeners are notified on commit. Returns the revocation id."""
     if effective_at is None:
         return await accept_pending(conn, cert, reason=reason, at=at, source=source, source_ref=source_ref,
-                                    invalidity_date=invalidity_date)
+                                    entry_der=entry_der, invalidity_date=invalidity_date)
     active = await active_for(conn, cert.id)
     if active is not None:
         await release(conn, active.id, at=at, kind="hold_revoked")
@@ -73,21 +75,17 @@ async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt
     if pending is not None:
         # An accepted online revocation that never took effect is made moot by this one.
         await release(conn, pending.id, at=at, kind="pending_replaced")
-    entry = encode_entry(cert.serial, at, Reason(reason), invalidity_date)
     rid = await insert(conn, cert, reason=reason, revoked_at=at, effective_at=effective_at,
-                       invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry)
+                       invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry_der)
     await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = $1", cert.id)
     return rid
 
 
-async def place_hold(conn, cert: CertificateRecord, *, at: dt.datetime, source: str = "hold",
+async def place_hold(conn, cert: CertificateRecord, *, at: dt.datetime, entry_der: bytes, source: str = "hold",
                      source_ref: str | None = None) -> int:
     """Place certificateHold on ``cert`` (caller holds the row lock; the certificate must be valid)."""
-    from ca_core.revocation import Reason, encode_entry
-
-    entry = encode_entry(cert.serial, at, Reason.certificate_hold)
-    rid = await insert(conn, cert, reason=int(Reason.certificate_hold), revoked_at=at, effective_at=at,
-                       invalidity_date=None, source=source, source_ref=source_ref, entry_der=entry)
+    rid = await insert(conn, cert, reason=HOLD, revoked_at=at, effective_at=at,
+                       invalidity_date=None, source=source, source_ref=source_ref, entry_der=entry_der)
     await conn.execute("UPDATE certificate SET status = 'held' WHERE id = $1", cert.id)
     return rid
 
@@ -95,7 +93,7 @@ async def place_hold(conn, cert: CertificateRecord, *, at: dt.datetime, source: 
 async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int:
     """End the hold on ``cert``: the entry leaves the CRL (removeFromCRL in the next delta)."""
     active = await active_for(conn, cert.id)
-    if active is None or active.reason != 6:
+    if active is None or active.reason != HOLD:
         raise ValueError("certificate is not on hold")
     await release(conn, active.id, at=at, kind="hold_released")
     await conn.execute("UPDATE certificate SET status = 'valid' WHERE id = $1", cert.id)
@@ -103,15 +101,11 @@ async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int
 
 
 async def accept_pending(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime, source: str,
-                         source_ref: str | None, invalidity_date: dt.datetime | None = None) -> int:
-    """Record an accepted online revocation (effective_at NULL; caller holds the row lock): the CRL entry
-    is encoded now, with revocationDate ``at``; the certificate keeps its status (and any hold) until
-    activate_pending() runs at the next CRL issuance."""
-    from ca_core.revocation import Reason, encode_entry
-
-    entry = encode_entry(cert.serial, at, Reason(reason), invalidity_date)
+                         source_ref: str | None, entry_der: bytes, invalidity_date: dt.datetime | None = None) -> int:
+    """Record an accepted online revocation (effective_at NULL; caller holds the row lock); the
+    certificate keeps its status (and any hold) until activate_pending() runs at the next CRL issuance."""
     return await insert(conn, cert, reason=reason, revoked_at=at, effective_at=None,
-                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry)
+                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry_der)
 
 
 async def activate_pending(conn, at: dt.datetime) -> int:
@@ -129,8 +123,8 @@ async def activate_pending(conn, at: dt.datetime) -> int:
     await conn.execute(
         "UPDATE revocation SET released_at = $2, release_kind = 'hold_revoked'"
         " WHERE certificate_id = ANY($1::bigint[]) AND released_at IS NULL AND effective_at IS NOT NULL"
-        " AND reason = 6 AND EXISTS (SELECT 1 FROM revocation p WHERE p.certificate_id = revocation.certificate_id"
-        " AND p.effective_at IS NULL AND p.released_at IS NULL)", ids, at)
+        " AND reason = $3 AND EXISTS (SELECT 1 FROM revocation p WHERE p.certificate_id = revocation.certificate_id"
+        " AND p.effective_at IS NULL AND p.released_at IS NULL)", ids, at, HOLD)
     rows = await conn.fetch(
         "UPDATE revocation SET effective_at = $2 WHERE certificate_id = ANY($1::bigint[])"
         " AND effective_at IS NULL AND released_at IS NULL RETURNING certificate_id, serial, source_ref", ids, at)
@@ -146,8 +140,6 @@ async def activate_pending(conn, at: dt.datetime) -> int:
 
 async def lock_certificates(conn, ids) -> list[CertificateRecord]:
     """Lock certificate rows in id order (the one lock order of every status change) and return them."""
-    from storage.certificates import _COLS as CERT_COLS, _record as cert_record
-
     rows = await conn.fetch(f"SELECT {CERT_COLS} FROM certificate WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
                             list(ids))
     return [cert_record(r) for r in rows]

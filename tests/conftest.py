@@ -2,7 +2,6 @@
 token, both created in a temporary folder for the test session and stopped afterwards."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import shutil
@@ -51,17 +50,17 @@ def cfg(pg, token, stack_dir):
     return base.replace(
         database_url=pg.url,
         var_dir=str(stack_dir / "var"),
-        hsm=dataclasses.replace(base.hsm, module=token.module, token_label=token.label, pin_file=token.pin_file),
-        security=dataclasses.replace(base.security, resident_hash_key_file=str(key_file)),
-        server=dataclasses.replace(base.server, public_base_url="http://127.0.0.1:8080"),
+        hsm=base.hsm.replace(module=token.module, token_label=token.label, pin_file=token.pin_file),
+        security=base.security.replace(resident_hash_key_file=str(key_file)),
+        server=base.server.replace(public_base_url="http://127.0.0.1:8080"),
     )
 
 
 @pytest_asyncio.fixture(scope="session")
 async def rt(cfg):
     """An open Runtime after migrations and the key ceremony."""
+    from plumbing.runtime import open_runtime
     from shomei.operations import run_ceremony
-    from shomei.runtime import open_runtime
 
     runtime = await open_runtime(cfg)
     await run_ceremony(runtime)
@@ -74,9 +73,13 @@ async def http(rt):
     """An aiohttp test client on a real loopback server running the whole application."""
     from aiohttp.test_utils import TestClient, TestServer
 
+    from ocsp_responder.http import SERVICE
     from shomei.app import make_app
+    from tests.ocsp_helpers import use_responder
 
-    client = TestClient(TestServer(make_app(rt)))
+    app = make_app(rt)
+    use_responder(app[SERVICE])
+    client = TestClient(TestServer(app))
     await client.start_server()
     yield client
     await client.close()

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509 import ocsp
 
+from ca_core.revocation import Reason, encode_entry
 from ca_core.clock import SystemClock
 from storage import audit, certificates, revocations
 
@@ -67,13 +68,25 @@ def status_of(der: bytes) -> str:
     return aocsp.OCSPResponse.load(der, strict=True)["response_status"].native
 
 
+_RESPONDER = []  # the responder of the session's application (tests/conftest.py, fixture http)
+
+
+def use_responder(svc) -> None:
+    _RESPONDER[:] = [svc]
+
+
+def responder():
+    """The OCSP responder of the application the session's tests talk to."""
+    return _RESPONDER[0]
+
+
 async def delivered(rt, serial: int, since: int, timeout: float = 2.0) -> None:
     """Wait until this process's responder has received the status notification of ``serial`` sent on
     commit (PostgreSQL delivers it asynchronously, within milliseconds): the memory cache follows the
     notifications, while the database cache is invalidated in the committing transaction itself."""
-    if "ocsp_responder" not in rt.extras:
+    if not _RESPONDER:
         return
-    cache = rt.extras["ocsp_responder"].cache
+    cache = responder().cache
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         if cache._invalidated.get(serial, -1) > since or cache._floor > since:
@@ -82,7 +95,7 @@ async def delivered(rt, serial: int, since: int, timeout: float = 2.0) -> None:
 
 
 def _seq(rt) -> int:
-    return rt.extras["ocsp_responder"].cache.seq if "ocsp_responder" in rt.extras else 0
+    return responder().cache.seq if _RESPONDER else 0
 
 
 async def revoke(rt, serial: int, reason: int, *, effective: bool = True, source: str = "window") -> None:
@@ -94,7 +107,7 @@ async def revoke(rt, serial: int, reason: int, *, effective: bool = True, source
             cert = await certificates.by_serial(conn, serial, for_update=True)
             await revocations.apply_revocation(conn, cert, reason=reason, at=now,
                                                effective_at=now if effective else None, source=source,
-                                               source_ref=None)
+                                               source_ref=None, entry_der=encode_entry(cert.serial, now, Reason(reason)))
             await audit.record(conn, action="revoke", operator_id="test", serial=cert.serial.to_bytes(16, "big"),
                                details={"reason": reason})
     if effective:
@@ -107,7 +120,8 @@ async def hold(rt, serial: int) -> None:
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             cert = await certificates.by_serial(conn, serial, for_update=True)
-            await revocations.place_hold(conn, cert, at=now)
+            await revocations.place_hold(conn, cert, at=now,
+                                         entry_der=encode_entry(cert.serial, now, Reason.certificate_hold))
     await delivered(rt, serial, since)
 
 

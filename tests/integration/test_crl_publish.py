@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from ca_core.revocation import Reason
+from ca_core.revocation import Reason, encode_entry
 from crl_publisher.publisher import Publisher, Target, output_dir
 from storage import certificates as cert_store, crls, revocations as rev_store
 from tests.helpers import certs_by_kind, issue, issue_body
@@ -32,14 +32,17 @@ async def _revoke(rt, cert: x509.Certificate, reason=Reason.key_compromise, inva
             rec = await cert_store.by_serial(conn, cert.serial_number, for_update=True)
             now = rt.clock.now()
             await rev_store.apply_revocation(conn, rec, reason=int(reason), at=now, effective_at=now,
-                                             source="operator", source_ref="test", invalidity_date=invalidity)
+                                             source="operator", source_ref="test", invalidity_date=invalidity,
+                                             entry_der=encode_entry(rec.serial, now, Reason(reason), invalidity))
 
 
 async def _hold(rt, cert):
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             rec = await cert_store.by_serial(conn, cert.serial_number, for_update=True)
-            await rev_store.place_hold(conn, rec, at=rt.clock.now())
+            now = rt.clock.now()
+            await rev_store.place_hold(conn, rec, at=now,
+                                       entry_der=encode_entry(rec.serial, now, Reason.certificate_hold))
 
 
 async def _release(rt, cert):
@@ -56,7 +59,7 @@ def _partition_of(cert: x509.Certificate) -> str:
 
 async def _publish(rt, ca: str, scope: str, kind: str):
     issuer = rt.issuers.current(ca)
-    outcome = await Publisher(rt).publish(Target(issuer, scope, kind))
+    outcome = await Publisher.from_runtime(rt).publish(Target(issuer, scope, kind))
     assert outcome.published is not None, outcome.skipped
     return outcome.published
 
@@ -201,7 +204,8 @@ async def test_change_committed_after_the_base_snapshot_is_in_the_delta(rt, http
         rec = await cert_store.by_serial(conn, cert.serial_number, for_update=True)
         early = rt.clock.now() - dt.timedelta(minutes=5)
         await rev_store.apply_revocation(conn, rec, reason=int(Reason.key_compromise), at=early, effective_at=early,
-                                         source="operator", source_ref="test")
+                                         source="operator", source_ref="test",
+                                         entry_der=encode_entry(rec.serial, early, Reason.key_compromise))
         base = await _publish(rt, "auth", scope, "base")
         await tx.commit()
     assert cert.serial_number not in _serials(await _crl(http, f"auth/{part}.crl"))
@@ -216,8 +220,10 @@ async def test_online_revocation_becomes_effective_in_the_next_crl(rt, http, ter
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             rec = await cert_store.by_serial(conn, cert.serial_number, for_update=True)
-            await rev_store.accept_pending(conn, rec, reason=int(Reason.cessation_of_operation), at=rt.clock.now(),
-                                           source="online", source_ref="test-online")
+            now = rt.clock.now()
+            await rev_store.accept_pending(conn, rec, reason=int(Reason.cessation_of_operation), at=now,
+                                           source="online", source_ref="test-online",
+                                           entry_der=encode_entry(rec.serial, now, Reason.cessation_of_operation))
     await _publish(rt, "auth", "full", "base")
     assert _serials(await _crl(http, "auth/full.crl"))[cert.serial_number] == x509.ReasonFlags.cessation_of_operation
     async with rt.pool.acquire() as conn:
@@ -241,13 +247,13 @@ async def test_expired_certificates_are_dropped(rt, http, terminal, keys):
 
 async def test_numbers_never_go_backwards_and_deltas_share_them(rt):
     issuer = rt.issuers.current("signing")
-    pub = Publisher(rt)
+    pub = Publisher.from_runtime(rt)
     numbers = []
     for kind in ("base", "delta", "delta", "base", "delta"):
         numbers.append((await pub.publish(Target(issuer, "full", kind))).published.number)
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
     # a second publisher (a new process would read the same table) continues the sequence
-    assert (await Publisher(rt).publish(Target(issuer, "full", "base"))).published.number > numbers[-1]
+    assert (await Publisher.from_runtime(rt).publish(Target(issuer, "full", "base"))).published.number > numbers[-1]
 
 
 async def test_lease_held_elsewhere_skips_and_leaves_the_crl(rt, http):
@@ -257,7 +263,7 @@ async def test_lease_held_elsewhere_skips_and_leaves_the_crl(rt, http):
     async with rt.pool.acquire() as other:
         assert await crls.try_lease(other, issuer.db_id, "full")
         try:
-            outcome = await Publisher(rt).publish(Target(issuer, "full", "base"))
+            outcome = await Publisher.from_runtime(rt).publish(Target(issuer, "full", "base"))
         finally:
             await crls.release_lease(other, issuer.db_id, "full")
     assert outcome.published is None and "lease" in outcome.skipped
@@ -266,7 +272,7 @@ async def test_lease_held_elsewhere_skips_and_leaves_the_crl(rt, http):
 
 async def test_concurrent_publishers_publish_one_at_a_time(rt):
     issuer = rt.issuers.current("auth")
-    outcomes = await asyncio.gather(*[Publisher(rt).publish(Target(issuer, "full", "base")) for _ in range(4)])
+    outcomes = await asyncio.gather(*[Publisher.from_runtime(rt).publish(Target(issuer, "full", "base")) for _ in range(4)])
     done = [o.published.number for o in outcomes if o.published]
     assert done and len(done) == len(set(done))
     assert all(o.published or "lease" in o.skipped for o in outcomes)
@@ -285,7 +291,7 @@ async def test_failure_mid_publish_keeps_the_last_good_crl(rt, monkeypatch):
 
     monkeypatch.setattr(rt.signer, "sign_digest", broken)
     with pytest.raises(HSMError):
-        await Publisher(rt).publish(Target(issuer, "full", "base"))
+        await Publisher.from_runtime(rt).publish(Target(issuer, "full", "base"))
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert not [p for p in os.listdir(path.parent) if p.endswith(".tmp")]
@@ -327,7 +333,7 @@ async def test_metrics_report_published_crls(rt, http):
 
 
 async def test_scheduler_publishes_what_is_due_once(rt, http):
-    pub = Publisher(rt)
+    pub = Publisher.from_runtime(rt)
     await pub.run_due()  # whatever was due in this session
     second = await pub.run_due()
     assert not [o for o in second if o.published], [str(o.target) for o in second if o.published]
@@ -414,10 +420,10 @@ async def test_many_pages_over_two_connections_give_the_same_crl(rt, http, termi
     for _ in range(3):
         await _revoke(rt, (await _issue(http, terminal, keys, kinds=("auth",)))["auth"])
     issuer = rt.issuers.current("auth")
-    one = Publisher(rt)
-    one.cfg = rt.cfg.replace(crl=dataclasses.replace(rt.cfg.crl, page_rows=1_000_000, stream_connections=1))
-    many = Publisher(rt)
-    many.cfg = rt.cfg.replace(crl=dataclasses.replace(rt.cfg.crl, page_rows=1, stream_connections=2))
+    one = Publisher.from_runtime(rt)
+    one.settings = rt.cfg.crl.replace(page_rows=1_000_000, stream_connections=1)
+    many = Publisher.from_runtime(rt)
+    many.settings = rt.cfg.crl.replace(page_rows=1, stream_connections=2)
     a = (await one.publish(Target(issuer, "full", "base"))).published
     first = [r.serial_number for r in await _crl(http, "auth/full.crl")]
     b = (await many.publish(Target(issuer, "full", "base"))).published
@@ -436,8 +442,8 @@ async def test_scheduler_runs_inside_serve_worker_zero(rt):
     from shomei.app import make_app
 
     ahead = FixedClock(rt.clock.now() + dt.timedelta(minutes=20))
-    cfg = rt.cfg.replace(crl=dataclasses.replace(rt.cfg.crl, tick_seconds=1))
-    worker = dataclasses.replace(rt, cfg=cfg, clock=ahead, extras={"worker_index": 0})
+    cfg = rt.cfg.replace(crl=rt.cfg.crl.replace(tick_seconds=1))
+    worker = dataclasses.replace(rt, cfg=cfg, clock=ahead, worker_index=0)
     issuer = rt.issuers.current("auth")
     server = TestServer(make_app(worker))
     await server.start_server()
@@ -453,9 +459,9 @@ async def test_scheduler_runs_inside_serve_worker_zero(rt):
     finally:
         await server.close()
     # only in worker 0 of `shomei serve`, not in applications built for tools and tests
-    with_schedule = len(make_app(dataclasses.replace(worker, extras={"worker_index": 0})).cleanup_ctx)
-    assert len(make_app(dataclasses.replace(worker, extras={"worker_index": 1})).cleanup_ctx) == with_schedule - 1
-    assert len(make_app(dataclasses.replace(worker, extras={})).cleanup_ctx) == with_schedule - 1
+    with_schedule = len(make_app(dataclasses.replace(worker, worker_index=0)).cleanup_ctx)
+    assert len(make_app(dataclasses.replace(worker, worker_index=1)).cleanup_ctx) == with_schedule - 1
+    assert len(make_app(dataclasses.replace(worker, worker_index=None)).cleanup_ctx) == with_schedule - 1
 
 
 def _cli_env(cfg) -> dict:

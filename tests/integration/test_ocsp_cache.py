@@ -16,14 +16,15 @@ from cryptography.x509 import ocsp
 from ca_core.clock import JST, SystemClock
 from storage import clients, ocsp as ocsp_store
 from tests.helpers import certs_by_kind, issue, issue_body
-from tests.ocsp_helpers import check_response, delivered, get_path, request_der, revoke, status_of
+from ocsp_responder.http import SERVICE
+from tests.ocsp_helpers import check_response, delivered, get_path, request_der, responder, revoke, status_of
 
 OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
 
 
 @pytest.fixture
 async def one(http, terminal, keys, rt):
-    since = rt.extras["ocsp_responder"].cache.seq
+    since = responder().cache.seq
     cert = certs_by_kind(await issue(http, terminal, issue_body(keys, kinds=("auth",))))["auth"]
     await delivered(rt, cert.serial_number, since)  # the new certificate's notification (it was "unknown")
     issuer = x509.load_der_x509_certificate(rt.issuers.current("auth").certificate_der)
@@ -31,7 +32,7 @@ async def one(http, terminal, keys, rt):
 
 
 def svc_of(rt):
-    return rt.extras["ocsp_responder"]
+    return responder()
 
 
 async def cache_rows(rt, serial: int) -> list:
@@ -114,7 +115,7 @@ async def test_overload_answers_try_later(http, rt, one):
     cert, issuer, _ca = one
     svc = svc_of(rt)
     cfg = svc.cfg
-    svc.cfg = dataclasses.replace(cfg, max_pending_signatures=0)
+    svc.cfg = cfg.replace(max_pending_signatures=0)
     try:
         resp = await http.post("/ocsp", data=request_der(cert, issuer, nonce=secrets.token_bytes(16)),
                                headers=OCSP_HEADERS)
@@ -129,8 +130,8 @@ async def verifier_http(rt):
     """The application in `verifier` access mode (same database and token)."""
     from shomei.app import make_app
 
-    cfg = rt.cfg.replace(ocsp=dataclasses.replace(rt.cfg.ocsp, access="verifier", usage_flush_seconds=3600))
-    rt2 = dataclasses.replace(rt, cfg=cfg, extras={})
+    cfg = rt.cfg.replace(ocsp=rt.cfg.ocsp.replace(access="verifier", usage_flush_seconds=3600))
+    rt2 = dataclasses.replace(rt, cfg=cfg)
     client = TestClient(TestServer(make_app(rt2)))
     await client.start_server()
     yield client, rt2
@@ -160,7 +161,7 @@ async def test_verifier_mode(verifier_http, http, rt, one, terminal, stack_env):
     metrics = await (await http.get("/metrics")).text()
     m = re.search(r'shomei_ocsp_verifier_answers_total\{verifier="%s"\} ([0-9.]+)' % name, metrics)
     assert m and float(m.group(1)) == 5
-    await rt2.extras["ocsp_responder"].flush()
+    await client.server.app[SERVICE].flush()
     today = SystemClock().now().astimezone(JST).date()
     async with rt.pool.acquire() as conn:
         assert await ocsp_store.usage(conn, verifier.id, today) == 5
@@ -178,8 +179,8 @@ async def test_counts_are_flushed_on_clean_shutdown(rt, one):
     from shomei.app import make_app
 
     cert, issuer, _ca = one
-    cfg = rt.cfg.replace(ocsp=dataclasses.replace(rt.cfg.ocsp, access="verifier", usage_flush_seconds=3600))
-    rt2 = dataclasses.replace(rt, cfg=cfg, extras={})
+    cfg = rt.cfg.replace(ocsp=rt.cfg.ocsp.replace(access="verifier", usage_flush_seconds=3600))
+    rt2 = dataclasses.replace(rt, cfg=cfg)
     async with rt.pool.acquire() as conn:
         verifier, token = await clients.register(conn, kind="verifier", name=f"verifier-{secrets.token_hex(4)}")
     client = TestClient(TestServer(make_app(rt2)))

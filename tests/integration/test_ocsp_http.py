@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from tests.helpers import certs_by_kind, issue, issue_body
-from tests.ocsp_helpers import (UNSUPPORTED_HASH, cert_id, check_response, get_path, hold, openssl_ocsp,
+from tests.ocsp_helpers import (responder, UNSUPPORTED_HASH, cert_id, check_response, get_path, hold, openssl_ocsp,
                                 raw_request, release, request_der, revoke, status_of)
 
 OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
@@ -60,7 +60,7 @@ async def test_revocation_shows_at_once_even_after_a_cached_good(http, issued, r
         assert resp.certificate_status == ocsp.OCSPCertStatus.GOOD
     g = await http.get(get_path(der))
     assert check_response(await g.read(), ca_der).certificate_status == ocsp.OCSPCertStatus.GOOD
-    cache = rt.extras["ocsp_responder"].cache
+    cache = responder().cache
     assert cache.enabled and cache.get(der, time.time()) is not None  # the good answer is in memory
 
     await revoke(rt, cert.serial_number, 1)  # keyCompromise, committed
@@ -225,9 +225,9 @@ async def test_openssl_relying_party(http, issued, rt, ca_pem, tmp_path):
 
 
 async def test_every_ca_generation_has_a_responder(http, rt):
-    svc = rt.extras["ocsp_responder"]
+    svc = responder()
     await svc.load_responders()
     for issuer in rt.issuers:
-        responder = svc.responders[issuer.db_id]
-        cert = x509.load_der_x509_certificate(responder.certificate_der)
+        key = svc.responders[issuer.db_id]
+        cert = x509.load_der_x509_certificate(key.certificate_der)
         cert.verify_directly_issued_by(x509.load_der_x509_certificate(issuer.certificate_der))

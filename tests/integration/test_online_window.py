@@ -200,23 +200,26 @@ async def test_certificate_signature_invalid(http, rt, keys):
 
 
 async def test_certificate_expired(http, rt, holder):
-    saved = rt.clock
+    from revocation.http import ENDPOINTS
+
+    window = http.server.app[ENDPOINTS].online_window  # the service runs on the clock it was built with
+    saved = window.clock
     later = saved.now() + dt.timedelta(days=365 * 30)
-    rt.clock = FixedClock(later)
+    window.clock = FixedClock(later)
     try:
         for path, proc in ((REVOKE, "revocation"), (CHECK, "validity_check")):
             st, body, _ = await send(http, path, holder.application("auth", proc, issued_at=later))
             assert st == 422 and body["error"]["code"] == "certificate_expired"
             assert body["error"]["message_ja"].startswith("有効期限切れ")
     finally:
-        rt.clock = saved
+        window.clock = saved
     await unchanged(rt, holder)
 
 
 async def test_busy_answers_503_with_retry_after(http, rt, holder):
-    from revocation.http import ONLINE
+    from revocation.http import ENDPOINTS
 
-    window = http.server.app[ONLINE]
+    window = http.server.app[ENDPOINTS].online_window
     saved = window.in_flight
     window.in_flight = rt.cfg.revocation.online_max_in_flight
     try:

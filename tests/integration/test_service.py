@@ -87,18 +87,18 @@ async def test_missing_token_and_module_are_clear_startup_errors(cfg):
 
 
 async def test_runtime_refuses_to_start_with_wrong_pin(cfg, tmp_path):
-    from shomei.runtime import open_runtime
+    from plumbing.runtime import open_runtime
 
     pin = tmp_path / "pin"
     pin.write_text("wrong-pin")
-    bad = cfg.replace(hsm=dataclasses.replace(cfg.hsm, pin_file=str(pin)))
+    bad = cfg.replace(hsm=cfg.hsm.replace(pin_file=str(pin)))
     with pytest.raises(StartupError):
         await open_runtime(bad, migrate=False)
 
 
 async def test_missing_key_is_detected_at_start(rt):
     from ca_core.ca import Issuer
-    from shomei.runtime import check_keys
+    from plumbing.runtime import check_keys
 
     real = rt.issuers
     fake = dataclasses.replace(rt.issuers.current("auth"), key_label="shomei-auth-g99")
@@ -106,12 +106,12 @@ async def test_missing_key_is_detected_at_start(rt):
     class _Set(list):
         pass
 
-    rt.issuers = _Set([fake])
+    rt.directory.issuers = _Set([fake])
     try:
         with pytest.raises(StartupError, match="shomei-auth-g99"):
             await check_keys(rt)
     finally:
-        rt.issuers = real
+        rt.directory.issuers = real
     assert isinstance(fake, Issuer)
 
 

@@ -1,75 +1,71 @@
-"""Everything a running process holds: configuration, clock, database pool, token session, issuers.
+"""Runtime assembly: everything a running process holds (configuration, clock, database pool, token
+session, CA generations, the client cache), opened once and handed to the services as typed parts.
 
-`open_runtime` is the single place where the embedded default (PostgreSQL and SoftHSM under var/) is
-started when no DATABASE_URL is configured.
+Where the embedded default is started (no DATABASE_URL) is the shell's business (shomei/embedded.py):
+this module only connects to what the configuration names.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from asn1crypto import x509 as ax509
 
 from ca_core.ca import IssuerSet
 from ca_core.clock import Clock, SystemClock
 from ca_core.config import Config
 from ca_core.errors import ConfigError
 from hsm.pkcs11_signer import PKCS11Signer, StartupError, read_pin
+from hsm.signer import Signer
 from storage import cas, db
-from shomei.embedded import EmbeddedPostgres, EmbeddedToken, write_secret
-from shomei.http import ClientCache
+
+from .auth import ClientCache
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PG_PORT = int(os.environ.get("SHOMEI_PG_PORT", "55432"))
+
+class IssuerDirectory:
+    """The CA generations as last read from the database (ca_core.ca.IssuerSource): a rollover by any
+    process is picked up by ``reload``."""
+
+    def __init__(self, pool, issuers: IssuerSet | None = None):
+        self._pool = pool
+        self.issuers = issuers if issuers is not None else IssuerSet([])
+
+    async def reload(self) -> IssuerSet:
+        async with self._pool.acquire() as conn:
+            self.issuers = IssuerSet(await cas.list_generations(conn))
+        return self.issuers
 
 
 @dataclass
 class Runtime:
+    """The parts of one process. Services never receive it whole: each is built from the parts it uses."""
+
     cfg: Config
     clock: Clock
-    pool: object
-    signer: PKCS11Signer
-    issuers: IssuerSet
+    pool: object  # asyncpg.Pool
+    signer: Signer
+    directory: IssuerDirectory
     resident_key: bytes
     clients: ClientCache
-    extras: dict = field(default_factory=dict)  # per-component state (caches, services)
+    worker_index: int | None = None  # the worker's number under `shomei serve`; None in tools and tests
+
+    @property
+    def issuers(self) -> IssuerSet:
+        return self.directory.issuers
 
     async def reload_issuers(self) -> IssuerSet:
-        async with self.pool.acquire() as conn:
-            self.issuers = IssuerSet(await cas.list_generations(conn))
-        return self.issuers
+        return await self.directory.reload()
 
     async def close(self) -> None:
         await self.pool.close()
         await self.signer.close()
 
 
-def prepare_embedded(cfg: Config) -> tuple[Config, bool]:
-    """Start (or reuse) the embedded PostgreSQL and SoftHSM token under var/; returns the filled-in config
-    and whether this call started PostgreSQL (then the caller stops it with stop_embedded)."""
-    var = Path(cfg.var_dir).resolve()
-    var.mkdir(parents=True, exist_ok=True)
-    pg = EmbeddedPostgres(var / "pg", EMBEDDED_PG_PORT)
-    url = pg.ensure_started()
-    token = EmbeddedToken(var / "softhsm").ensure()
-    key_file = var / "resident-hash.key"
-    if not key_file.exists():
-        write_secret(key_file, secrets.token_bytes(32))
-    return cfg.replace(
-        database_url=url,
-        hsm=dataclasses.replace(cfg.hsm, module=token.module, token_label=token.label, pin_file=token.pin_file),
-        security=dataclasses.replace(cfg.security, resident_hash_key_file=str(key_file)),
-    ), pg.started_here
-
-
-def stop_embedded(cfg: Config) -> None:
-    EmbeddedPostgres(Path(cfg.var_dir).resolve() / "pg", EMBEDDED_PG_PORT).stop()
-
-
 def read_resident_key(cfg: Config) -> bytes:
+    """The HMAC key resident codes are hashed with; raises ConfigError."""
     path = cfg.security.resident_hash_key_file
     if not path:
         raise ConfigError("security.resident_hash_key_file is required (the key of resident-code hashes)")
@@ -82,7 +78,8 @@ def read_resident_key(cfg: Config) -> bytes:
     return key
 
 
-async def open_runtime(cfg: Config, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+async def open_runtime(cfg: Config, *, clock: Clock | None = None, migrate: bool = True,
+                       worker_index: int | None = None) -> Runtime:
     """Connect to the database and the token (raising a readable error naming what is wrong)."""
     if cfg.database_url is None:
         raise ConfigError("no database configured (DATABASE_URL)")
@@ -96,16 +93,14 @@ async def open_runtime(cfg: Config, *, clock: Clock | None = None, migrate: bool
         await signer.close()
         raise
     pool = await db.create_pool(cfg.database_url, max_size=cfg.server.db_pool_size)
-    rt = Runtime(cfg=cfg, clock=clock or SystemClock(), pool=pool, signer=signer, issuers=IssuerSet([]),
-                 resident_key=read_resident_key(cfg), clients=ClientCache(pool))
+    rt = Runtime(cfg=cfg, clock=clock or SystemClock(), pool=pool, signer=signer, directory=IssuerDirectory(pool),
+                 resident_key=read_resident_key(cfg), clients=ClientCache(pool), worker_index=worker_index)
     await rt.reload_issuers()
     return rt
 
 
 async def check_keys(rt: Runtime) -> None:
     """At start: every current CA's key must be in the token and match its certificate."""
-    from asn1crypto import x509 as ax509
-
     for issuer in rt.issuers:
         spki = await rt.signer.public_key(issuer.key_label)
         if spki is None:
