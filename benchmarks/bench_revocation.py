@@ -125,10 +125,12 @@ async def _naive_feed(stack, codes: list[str], key: bytes) -> float:
 def bench_feed(stack, events_n: int, with_certs: int, key: bytes) -> list[tuple]:
     codes = asyncio.run(_synthetic(stack.url, key, with_certs + 2000))
     naive_codes, codes = codes[:2000], codes[2000:]
+    # the events occur after the certificates were issued (an event applies only to older ones)
+    occurred = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).replace(microsecond=0).isoformat()
     events = [{"event_id": f"bench-{i}", "resident_code": c, "kind": KINDS[i % len(KINDS)],
-               "occurred_at": "2025-04-01T00:00:00Z"} for i, c in enumerate(codes)]
+               "occurred_at": occurred} for i, c in enumerate(codes)]
     events += [{"event_id": f"bench-x-{i}", "resident_code": _code(), "kind": "moved",
-                "occurred_at": "2025-04-01T00:00:00Z"} for i in range(events_n - len(events))]
+                "occurred_at": occurred} for i in range(events_n - len(events))]
     data = ("\n".join(json.dumps(e) for e in events) + "\n").encode()
     url = f"http://127.0.0.1:{stack.port}/v1/residency-events"
     headers = {"Authorization": f"Bearer {stack.demo_token('demo-feed')}", "Content-Type": "application/x-ndjson"}

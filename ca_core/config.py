@@ -101,6 +101,9 @@ class IssuanceConfig(_Section):
     rsa_key_sizes: IntTuple = (2048,)
     publish_deltas: bool = True  # adds freshestCRL to certificates
     renewal_window_days: int = 92
+    # authorityInfoAccess: id-ad-ocsp (the responder's URL) in every certificate; turn it off for a
+    # deployment that keeps OCSP to registered verifiers. caIssuers is always there.
+    ocsp_in_aia: bool = True
 
 
 class SecurityConfig(_Section):

@@ -197,21 +197,18 @@ GOOD = CertStatus("good")
 UNKNOWN = CertStatus("unknown")
 
 
-def status_from_record(*, exists: bool, revoked_at: dt.datetime | None, reason: int | None,
-                       effective: bool, hold_revoked_at: dt.datetime | None = None) -> CertStatus:
-    """The OCSP status from the revocation in force (if any).
-
-    An online revocation that is only accepted (not effective) still answers good until the CRL
-    issuance makes it effective (the JPKI rule), except that a hold it replaced keeps answering
-    certificateHold meanwhile (``hold_revoked_at``): a certificate on hold never turns good that way.
-    """
+def status_from_record(*, exists: bool, status: str | None, reason: int | None,
+                       since: dt.datetime | None) -> CertStatus:
+    """The OCSP status of a certificate from its one status (valid, held or revoked, with the reason and
+    revocationDate of the revocation in force). An accepted online revocation is not a status: the
+    certificate answers what it was (good, or certificateHold) until the revocation takes effect."""
     if not exists:
         return UNKNOWN
-    if revoked_at is not None and effective:
-        return CertStatus("revoked", revoked_at, None if reason == 0 else reason)
-    if hold_revoked_at is not None:
-        return CertStatus("revoked", hold_revoked_at, 6)
-    return GOOD
+    if status == "valid":
+        return GOOD
+    if status not in ("held", "revoked") or since is None or reason is None:
+        raise ValueError(f"inconsistent certificate status {status!r}")
+    return CertStatus("revoked", since, None if reason == 0 else reason)
 
 
 def responder_key_hash(certificate_der: bytes) -> bytes:

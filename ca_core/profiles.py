@@ -3,7 +3,8 @@
 
 Extensions of an end-entity certificate, in order: keyUsage (critical), certificatePolicies (critical),
 subjectAltName (signing only: six otherNames, UTF8String), issuerAltName, cRLDistributionPoints (the
-partition CRL), freshestCRL (where deltas are published), authorityKeyIdentifier, subjectKeyIdentifier.
+partition CRL), freshestCRL (where deltas are published), authorityInfoAccess (OCSP, caIssuers),
+authorityKeyIdentifier, subjectKeyIdentifier.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class CertificateProfile:
     issuer_alt_name: x509.Name
     base_url: str
     publish_deltas: bool
+    ocsp_in_aia: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config, kind: str) -> "CertificateProfile":
@@ -50,13 +52,33 @@ class CertificateProfile:
         return cls(kind=kind, policy_oid=ca.policy_oid, cps_uri=ca.cps_uri,
                    issuer_alt_name=build_name(ca.issuer_alt_name),
                    base_url=cfg.server.public_base_url.rstrip("/"),
-                   publish_deltas=cfg.issuance.publish_deltas)
+                   publish_deltas=cfg.issuance.publish_deltas, ocsp_in_aia=cfg.issuance.ocsp_in_aia)
 
     def crl_url(self, partition: str) -> str:
         return f"{self.base_url}/crl/{self.kind}/{partition}.crl"
 
     def delta_crl_url(self, partition: str) -> str:
         return f"{self.base_url}/crl/{self.kind}/{partition}-delta.crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        """The responder (POST to it, or GET it + "/" + base64 of the request, RFC 5019 section 5)."""
+        return f"{self.base_url}/ocsp"
+
+    def ca_issuers_url(self, issuer: Issuer) -> str:
+        """The issuing CA generation's certificate, DER over HTTP (RFC 5280 4.2.2.1)."""
+        return f"{self.base_url}/ca/{issuer.ca_id}/{issuer.key_id.hex()}.crt"
+
+
+def authority_info_access(profile: CertificateProfile, issuer: Issuer) -> x509.AuthorityInfoAccessSyntax:
+    """authorityInfoAccess (RFC 5280 4.2.2.1): where the status is (OCSP, unless the deployment keeps OCSP
+    to registered verifiers) and where the issuer's certificate is (caIssuers)."""
+    def access(method: str, url: str) -> x509.AccessDescription:
+        return x509.AccessDescription({"access_method": method, "access_location": x509.GeneralName(
+            name="uniform_resource_identifier", value=url)})
+
+    items = [access("ocsp", profile.ocsp_url)] if profile.ocsp_in_aia else []
+    return x509.AuthorityInfoAccessSyntax(items + [access("ca_issuers", profile.ca_issuers_url(issuer))])
 
 
 def partition_name(generation: int, partition: int) -> str:
@@ -69,11 +91,16 @@ def end_of_day_jst(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=JST).astimezone(UTC)
 
 
-def validity(now: dt.datetime, birth: dt.date, card_expires_on: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """notBefore = now; notAfter = the end of the 5th birthday after issuance, capped at the card's expiry."""
+def validity(now: dt.datetime, birth: dt.date, card_expires_on: dt.date,
+             ca_not_after: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+    """notBefore = now; notAfter = the end of the 5th birthday after issuance, capped at the card's expiry
+    and at the issuing CA certificate's notAfter (a certificate never outlives its CA, RFC 5280 6.1.3)."""
     today = now.astimezone(JST).date()
     fifth = nth_birthday_after(birth, today, CERTIFICATE_LIFETIME_BIRTHDAYS)
-    return now, end_of_day_jst(min(fifth, card_expires_on))
+    not_after = end_of_day_jst(min(fifth, card_expires_on))
+    if ca_not_after is not None:
+        not_after = min(not_after, ca_not_after)
+    return now, not_after
 
 
 def x509_time(value: dt.datetime) -> x509.Time:
@@ -170,6 +197,7 @@ class CertificateTemplate:
         self._issuer_alt_name = _ext("issuer_alt_name", x509.GeneralNames([
             x509.GeneralName(name="directory_name", value=profile.issuer_alt_name)])).dump()
         self._aki = _ext("authority_key_identifier", _aki(issuer)).dump()
+        self._aia = _ext("authority_information_access", authority_info_access(profile, issuer)).dump()
         self._partitions: dict[str, bytes] = {}
 
     def _partition_extensions(self, partition: str) -> bytes:
@@ -191,7 +219,7 @@ class CertificateTemplate:
         else:
             san = b""
         extensions = (self._head_extensions + san + self._issuer_alt_name + self._partition_extensions(partition)
-                      + self._aki + der.sequence(_SKI_OID, der.octet_string(der.octet_string(key_id))))
+                      + self._aia + self._aki + der.sequence(_SKI_OID, der.octet_string(der.octet_string(key_id))))
         return der.sequence(
             _V3, der.integer(serial), self._signature_and_issuer,
             der.sequence(der.time(not_before), der.time(not_after)),

@@ -16,8 +16,10 @@ class CertificateRecord:
     partition: int
     not_before: dt.datetime
     not_after: dt.datetime
-    status: str  # valid | held | revoked
+    status: str  # valid | held | revoked (derived by the database from the revocation in force)
     der: bytes
+    status_reason: int | None = None  # CRLReason of the revocation or hold in force
+    status_at: dt.datetime | None = None  # its revocationDate
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 One issuance, under the scope's lease (an advisory lock in PostgreSQL, so one publisher at a time
 across processes and machines):
 
-1. accepted online revocations become effective (storage.revocations.activate_pending), committed;
+1. accepted online revocations become effective (activate_pending), committed, with revocationDate =
+   this issue's thisUpdate: from that commit OCSP answers revoked, and the CRL lists them;
 2. a CRL number is allocated and committed (never goes backwards, shared by base and delta);
 3. in one REPEATABLE READ transaction: the snapshot is recorded, the count and size of the entries
    are read (they fix the DER header), and the stored entry DER is streamed in serial order, pages
@@ -40,6 +41,7 @@ from ca_core.clock import Clock
 from ca_core.config import CRLConfig
 from ca_core.kinds import KINDS
 from ca_core.profiles import CertificateProfile, partition_name
+from ca_core.revocation import Reason, encode_entry
 from hsm.signer import Signer
 from storage import crls, revocations
 
@@ -56,6 +58,15 @@ CRL_SECONDS = Histogram("shomei_crl_publish_seconds", "Time to publish one CRL",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
 _CHUNK = 8 << 20
+
+
+async def activate_pending(conn, at: dt.datetime) -> int:
+    """In the caller's transaction: every accepted online revocation becomes effective at ``at``, which
+    is its revocationDate in the CRL entry encoded here and in OCSP (docs/domain.md, online window).
+    Returns how many."""
+    pending = await revocations.lock_pending(conn)
+    entries = [(p, encode_entry(p.serial, at, Reason(p.reason), p.invalidity_date)) for p in pending]
+    return await revocations.make_effective(conn, at, entries)
 
 
 def output_dir(cfg) -> Path:
@@ -327,7 +338,7 @@ class Publisher:
                 async with conn.transaction():
                     # online revocations accepted before this issue become effective in it (committed
                     # before the snapshot is taken)
-                    await revocations.activate_pending(conn, now)
+                    await activate_pending(conn, now)
                 marks.append(("prepare", time.perf_counter()))
                 # The CRL number is committed on another connection while the entries are read; it is
                 # needed only for the extensions, after the entries (the lease orders the issues).

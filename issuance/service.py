@@ -179,12 +179,27 @@ class IssuanceService:
                 if pre.existing_id is not None:
                     return await self._replay(conn, req, (pre.existing_id, pre.existing_hash))
         self._check_may_issue(req, pre, now)
-        not_before, not_after = validity(now, birth, card_expiry)
-        signed = await self._sign(req, csrs, pre, not_before, not_after)
+        issuers = self._issuers_for(list(csrs), now)
+        signed = await self._sign(req, csrs, pre, issuers, now, birth, card_expiry)
         record = dict(client_id=client.id, request_id=req.request_id, body_hash=req.body_hash(),
                       operator_id=operator_id, resident_hash=rhash, municipality_code=req.municipality_code,
-                      not_before=not_before, not_after=not_after)
+                      not_before=now, consume_free_reissue=pre.free_reissue and SIGNING in csrs)
         return await self._record(client, operator_id, req, pre, signed, record, now)
+
+    def _issuers_for(self, kinds: list[str], now: dt.datetime) -> dict:
+        """The current CA generation of each kind, refused when it has none or it has expired."""
+        found = {}
+        for kind in kinds:
+            issuer = self.issuers.issuers.current(kind)
+            if issuer is None:
+                raise errors.Unavailable(f"the {kind} CA has no key yet; run the key ceremony",
+                                         code="ca_not_ready")
+            if issuer.not_after <= now:
+                raise errors.Unavailable(
+                    f"the {kind} CA generation {issuer.generation} expired on {issuer.not_after:%Y-%m-%d}; "
+                    "nothing was issued (an operator must roll the CA over)", code="ca_expired", retry_after=3600)
+            found[kind] = issuer
+        return found
 
     def _check_may_issue(self, req: IssueRequest, pre: issuance_store.Preflight, now: dt.datetime) -> None:
         """The municipality is known, and the renewal window is open (docs/domain.md, renewal)."""
@@ -192,23 +207,23 @@ class IssuanceService:
             raise errors.PolicyViolation(f"municipality {req.municipality_code} is not registered",
                                          field="municipality_code", code="unknown_municipality")
         window = dt.timedelta(days=self.settings.renewal_window_days)
-        if pre.latest_valid_not_after and pre.latest_valid_not_after - now > window and not req.card_replaced:
-            # Renewal may start 3 months before expiry; a new card is the exception.
+        early = pre.latest_valid_not_after and pre.latest_valid_not_after - now > window
+        if early and not req.card_replaced and not (pre.free_reissue and req.kinds == [SIGNING]):
+            # Renewal may start 3 months before expiry. The exceptions: a new card, and a signing
+            # certificate reissued free after a municipal merger or an address-notation change.
             raise errors.Conflict(
                 f"the resident holds a valid certificate of this kind until "
                 f"{pre.latest_valid_not_after.astimezone(JST):%Y-%m-%d}; renewal opens "
                 f"{self.settings.renewal_window_days} days before expiry (set card_replaced for a new card)",
                 field="card_replaced", code="renewal_too_early")
 
-    async def _sign(self, req: IssueRequest, csrs: dict, pre: issuance_store.Preflight,
-                    not_before: dt.datetime, not_after: dt.datetime) -> list[issuance_store.NewCertificate]:
+    async def _sign(self, req: IssueRequest, csrs: dict, pre: issuance_store.Preflight, issuers: dict,
+                    now: dt.datetime, birth: dt.date, card_expiry: dt.date) -> list[issuance_store.NewCertificate]:
         """Build and sign each certificate (one token signature each; nothing is stored yet)."""
         signed = []
         for (kind, csr), cert_id in zip(csrs.items(), pre.certificate_ids):
-            issuer = self.issuers.issuers.current(kind)
-            if issuer is None:
-                raise errors.Unavailable(f"the {kind} CA has no key yet; run the key ceremony",
-                                         code="ca_not_ready")
+            issuer = issuers[kind]
+            not_before, not_after = validity(now, birth, card_expiry, issuer.not_after)
             serial = new_serial()
             partition = cert_id // self.settings.partition_size
             subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), pre.municipality_name,
@@ -221,7 +236,7 @@ class IssuanceService:
             signed.append(issuance_store.NewCertificate(
                 id=cert_id, ca_generation_id=issuer.db_id, serial=serial_bytes(serial), kind=kind,
                 partition=partition, der=assemble_certificate(tbs, issuer.algorithm, signature),
-                issuer_label=f"{issuer.ca_id}-g{issuer.generation}"))
+                issuer_label=f"{issuer.ca_id}-g{issuer.generation}", not_after=not_after))
         return signed
 
     async def _record(self, client, operator_id: str, req: IssueRequest, pre: issuance_store.Preflight,
@@ -255,8 +270,8 @@ class IssuanceService:
                 raise errors.Conflict("another issuance for this resident is in progress; retry",
                                       code="concurrent_issuance") from None
             raise
-        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der,
-                                                    record["not_after"]) for c in signed])
+        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der, c.not_after)
+                                  for c in signed])
 
     async def _supersede(self, conn, client, operator_id: str, req: IssueRequest, rhash: bytes, kinds: list[str],
                          now: dt.datetime) -> None:

@@ -147,7 +147,7 @@ def register(main: click.Group) -> None:
         except OSError as exc:
             raise click.ClickException(f"cannot read the feed credential {token_file}: {exc.strerror}") from None
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
-        totals = {"applied": 0, "duplicate": 0, "no_certificate": 0, "rejected": 0}
+        totals = {"applied": 0, "duplicate": 0, "no_certificate": 0, "issued_after_event": 0, "rejected": 0}
         rejected = []
         with tqdm(total=_count_lines(file), unit="event", desc="feed", file=sys.stderr) as bar:
             for batch in _batches(file, batch_size):

@@ -24,7 +24,7 @@ from ca_core import errors
 from ca_core.clock import Clock, parse_rfc3339
 from ca_core.config import RevocationConfig
 from ca_core.kinds import SIGNING
-from ca_core.lifecycle import FEED_RULES
+from ca_core.lifecycle import FEED_RULES, cascade_reason, cascades
 from ca_core.revocation import encode_entry
 from ca_core.resident import resident_hash
 from storage import audit, feed_events, revocations as rev_store
@@ -192,19 +192,28 @@ class FeedService:
         for cert in await feed_events.live_certificates(conn, {e.resident_hash for e in new}):
             by_resident[cert.resident_hash][cert.kind] = cert
         out: dict[int, dict] = {}
-        items, applied, reissue = [], [], []
+        items, applied, reissue, issued_after = [], [], [], []
         for e in new:  # in batch order: an earlier event of a resident takes the certificate first
             rule = FEED_RULES[e.kind]
             live = by_resident.get(e.resident_hash, {})
-            targets = [live.pop(k) for k in rule.revokes if k in live]
-            if targets:
-                items.extend((c, rule.reason, e.event_id, encode_entry(c.serial, now, rule.reason))
-                             for c in targets)
+            # An event applies only to certificates issued before it occurred (a certificate issued
+            # after a move already carries the new address).
+            concerned = [k for k in (rule.revokes or (SIGNING,)) if k in live]
+            older = [k for k in concerned if live[k].not_before < e.occurred_at]
+            targets = [(live.pop(k), rule.reason) for k in older] if rule.revokes else []
+            if any(cascades(c.kind) for c, _ in targets) and SIGNING in live:
+                # The authentication certificate revoked => the signing certificate too, however new.
+                targets.append((live.pop(SIGNING), cascade_reason(rule.reason)))
+            if concerned and not older:
+                out[e.seq] = {"event_id": e.event_id, "outcome": "issued_after_event"}
+                issued_after.append(e.event_id)
+            elif targets:
+                items.extend((c, reason, e.event_id, encode_entry(c.serial, now, reason)) for c, reason in targets)
                 applied.append((e.event_id, None, len(targets)))
                 if rule.free_reissue:
                     reissue.append((e.resident_hash, e.kind, e.event_id))
                 out[e.seq] = {"event_id": e.event_id, "outcome": "applied", "revoked": len(targets)}
-            elif not rule.revokes and SIGNING in live:
+            elif not rule.revokes and older:
                 # Municipal merger: nothing revoked, the holder may get a new certificate free.
                 applied.append((e.event_id, "free_reissue", 0))
                 reissue.append((e.resident_hash, e.kind, e.event_id))
@@ -213,11 +222,12 @@ class FeedService:
                 out[e.seq] = {"event_id": e.event_id, "outcome": "no_certificate"}
         await rev_store.revoke_many(conn, items, at=now, source="feed", client_id=client.id)
         await feed_events.set_applied(conn, applied)
+        await feed_events.set_outcome(conn, issued_after, "issued_after_event")
         await rev_store.mark_free_reissue(conn, reissue, at=now)
         return out, len(items)
 
 
-OUTCOMES = ("applied", "duplicate", "no_certificate", "rejected")
+OUTCOMES = ("applied", "duplicate", "no_certificate", "issued_after_event", "rejected")
 
 
 def _repeat_outcome(e: FeedEvent, orig: FeedEvent | None, out: dict[int, dict], earlier: dict) -> dict:

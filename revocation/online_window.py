@@ -3,7 +3,7 @@
 The checks run in the order of MISSION.md; the pure ones are in ca_core.online. The database part runs
 in one transaction: the nonce is recorded (a second use is 'replayed'), the certificate rows are locked,
 and an accepted revocation is stored as a pending revocation row (effective_at NULL) that the CRL
-publisher makes effective at the next CRL issuance (storage.revocations.activate_pending).
+publisher makes effective at the next CRL issuance (crl_publisher.publisher.activate_pending).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from ca_core.ca import IssuerSource
 from ca_core.clock import Clock, format_rfc3339
 from ca_core.config import RevocationConfig
 from ca_core.kinds import SIGNING
-from ca_core.revocation import encode_entry
 from ca_core.serials import serial_bytes, serial_hex
 from storage import audit, certificates as cert_store, online_nonces, revocations as rev_store
 from storage.db import DATABASE_DOWN
@@ -134,8 +133,7 @@ class OnlineWindow:
             if c.status == "revoked" or (c.id != cert.id and await rev_store.pending_for(conn, c.id) is not None):
                 continue
             reason = lifecycle.ONLINE_RULE.reason
-            await rev_store.accept_pending(conn, c, reason=int(reason), at=now, source="online", source_ref=ref,
-                                           entry_der=encode_entry(c.serial, now, reason))
+            await rev_store.accept_pending(conn, c, reason=int(reason), at=now, source="online", source_ref=ref)
             await audit.record(conn, action="online_revocation_accepted", serial=serial_bytes(c.serial),
                                request_id=ref, details={"kind": c.kind, "cascade": c.id != cert.id})
             accepted.append({"serial": serial_hex(c.serial), "kind": c.kind})

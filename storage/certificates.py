@@ -8,7 +8,7 @@ from ca_core.serials import serial_bytes
 
 # The columns record_of() reads; other storage modules select them too.
 COLUMNS = ("id, ca_generation_id, serial, kind, resident_hash, municipality_code, partition, not_before,"
-         " not_after, status, der")
+         " not_after, status, der, status_reason, status_at")
 
 
 def record_of(row) -> CertificateRecord:
@@ -16,7 +16,7 @@ def record_of(row) -> CertificateRecord:
         id=row["id"], ca_generation_id=row["ca_generation_id"], serial=int.from_bytes(row["serial"], "big"),
         kind=row["kind"], resident_hash=bytes(row["resident_hash"]), municipality_code=row["municipality_code"],
         partition=row["partition"], not_before=row["not_before"], not_after=row["not_after"],
-        status=row["status"], der=bytes(row["der"]))
+        status=row["status"], der=bytes(row["der"]), status_reason=row["status_reason"], status_at=row["status_at"])
 
 
 async def allocate_ids(conn, count: int) -> list[int]:

@@ -64,6 +64,12 @@ async def set_applied(conn, outcomes) -> None:
             [o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes])
 
 
+async def set_outcome(conn, event_ids: list[str], outcome: str) -> None:
+    """Record the outcome of claimed events that changed nothing (e.g. 'issued_after_event')."""
+    if event_ids:
+        await conn.execute("UPDATE feed_event SET outcome = $2 WHERE event_id = ANY($1::text[])", event_ids, outcome)
+
+
 async def count_applied(conn, event_ids) -> dict[str, int]:
     """How many feed revocations each event caused (for tests and the CLI)."""
     rows = await conn.fetch("SELECT source_ref, count(*) AS n FROM revocation WHERE source = 'feed'"

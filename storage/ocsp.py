@@ -8,19 +8,13 @@ from dataclasses import dataclass
 from ca_core.ocsp import CertStatus, status_from_record
 from ca_core.serials import serial_bytes
 
-# One query: the certificate, the revocation in force (released_at IS NULL; effective or only
-# accepted online), the hold a pending online revocation replaced (only looked for in that case), and
-# the cached answer for this CertID if it has not expired.
+# One query: the certificate's status (one row: the database derives it from the revocation in force,
+# migration 0006) and the cached answer for this CertID if it has not expired.
 _STATUS_SQL = """
-SELECT c.id IS NOT NULL AS exists, r.reason, r.revoked_at, r.effective_at IS NOT NULL AS effective,
-       CASE WHEN r.id IS NOT NULL AND r.effective_at IS NULL THEN
-           (SELECT h.revoked_at FROM revocation h WHERE h.certificate_id = c.id AND h.reason = 6
-              AND h.release_kind = 'hold_revoked' AND h.released_at = r.revoked_at ORDER BY h.id DESC LIMIT 1)
-       END AS hold_revoked_at,
+SELECT c.id IS NOT NULL AS exists, c.status, c.status_reason, c.status_at,
        k.status_key, k.response, k.this_update, k.next_update
 FROM (SELECT 1) AS one
 LEFT JOIN certificate c ON c.serial = $2 AND c.ca_generation_id = $1
-LEFT JOIN revocation r ON r.certificate_id = c.id AND r.released_at IS NULL
 LEFT JOIN ocsp_response_cache k ON k.cert_id = $3 AND k.next_update > $4
 """
 
@@ -48,11 +42,11 @@ async def status(conn, ca_generation_id: int, serial: int, *, cert_id: bytes | N
     ``cert_id`` is given, the cached answer for it whose status still holds and whose nextUpdate is after
     ``fresh_after``."""
     if not _valid_serial(serial):
-        return StatusLookup(status_from_record(exists=False, revoked_at=None, reason=None, effective=False), None)
+        return StatusLookup(status_from_record(exists=False, status=None, reason=None, since=None), None)
     row = await conn.fetchrow(_STATUS_SQL, ca_generation_id, serial_bytes(serial), cert_id or b"",
                               fresh_after or dt.datetime.now(dt.timezone.utc))
-    st = status_from_record(exists=row["exists"], revoked_at=row["revoked_at"], reason=row["reason"],
-                            effective=row["effective"], hold_revoked_at=row["hold_revoked_at"])
+    st = status_from_record(exists=row["exists"], status=row["status"], reason=row["status_reason"],
+                            since=row["status_at"])
     cached = None
     if row["response"] is not None and row["status_key"] == st.key:
         cached = Cached(bytes(row["response"]), row["this_update"], row["next_update"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from ca_core.records import CertificateRecord, RevocationRecord
 from ca_core.revocation import Reason
@@ -24,7 +25,7 @@ def _record(row) -> RevocationRecord:
 
 async def insert(conn, cert: CertificateRecord, *, reason: int, revoked_at: dt.datetime,
                  effective_at: dt.datetime | None, invalidity_date: dt.datetime | None, source: str,
-                 source_ref: str | None, entry_der: bytes) -> int:
+                 source_ref: str | None, entry_der: bytes | None) -> int:
     """Record a revocation or hold of ``cert`` (the caller holds the certificate row lock)."""
     return await conn.fetchval(
         "INSERT INTO revocation (certificate_id, ca_generation_id, serial, partition, cert_not_after, reason,"
@@ -61,13 +62,14 @@ STATUS_CHANNEL = "shomei_status"
 
 async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime,
                            effective_at: dt.datetime | None, source: str, source_ref: str | None,
-                           entry_der: bytes, invalidity_date: dt.datetime | None = None) -> int:
+                           entry_der: bytes | None, invalidity_date: dt.datetime | None = None) -> int:
     """Revoke ``cert`` inside the caller's transaction (the caller holds the row lock): a hold in force
-    ends as 'hold_revoked', the revocation row keeps ``entry_der`` (its CRL entry), the certificate
-    becomes revoked, and listeners are notified on commit. Returns the revocation id."""
+    ends as 'hold_revoked', an accepted online revocation as 'pending_replaced', and the revocation
+    row keeps ``entry_der`` (its CRL entry). The certificate's status follows in the database
+    (migration 0006) and listeners are notified on commit. Returns the revocation id."""
     if effective_at is None:
         return await accept_pending(conn, cert, reason=reason, at=at, source=source, source_ref=source_ref,
-                                    entry_der=entry_der, invalidity_date=invalidity_date)
+                                    invalidity_date=invalidity_date)
     active = await active_for(conn, cert.id)
     if active is not None:
         await release(conn, active.id, at=at, kind="hold_revoked")
@@ -75,19 +77,15 @@ async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt
     if pending is not None:
         # An accepted online revocation that never took effect is made moot by this one.
         await release(conn, pending.id, at=at, kind="pending_replaced")
-    rid = await insert(conn, cert, reason=reason, revoked_at=at, effective_at=effective_at,
-                       invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry_der)
-    await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = $1", cert.id)
-    return rid
+    return await insert(conn, cert, reason=reason, revoked_at=at, effective_at=effective_at,
+                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry_der)
 
 
 async def place_hold(conn, cert: CertificateRecord, *, at: dt.datetime, entry_der: bytes, source: str = "hold",
                      source_ref: str | None = None) -> int:
     """Place certificateHold on ``cert`` (caller holds the row lock; the certificate must be valid)."""
-    rid = await insert(conn, cert, reason=HOLD, revoked_at=at, effective_at=at,
-                       invalidity_date=None, source=source, source_ref=source_ref, entry_der=entry_der)
-    await conn.execute("UPDATE certificate SET status = 'held' WHERE id = $1", cert.id)
-    return rid
+    return await insert(conn, cert, reason=HOLD, revoked_at=at, effective_at=at,
+                        invalidity_date=None, source=source, source_ref=source_ref, entry_der=entry_der)
 
 
 async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int:
@@ -96,46 +94,60 @@ async def release_hold(conn, cert: CertificateRecord, *, at: dt.datetime) -> int
     if active is None or active.reason != HOLD:
         raise ValueError("certificate is not on hold")
     await release(conn, active.id, at=at, kind="hold_released")
-    await conn.execute("UPDATE certificate SET status = 'valid' WHERE id = $1", cert.id)
     return active.id
 
 
 async def accept_pending(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime, source: str,
-                         source_ref: str | None, entry_der: bytes, invalidity_date: dt.datetime | None = None) -> int:
-    """Record an accepted online revocation (effective_at NULL; caller holds the row lock); the
-    certificate keeps its status (and any hold) until activate_pending() runs at the next CRL issuance."""
+                         source_ref: str | None, invalidity_date: dt.datetime | None = None) -> int:
+    """Record an accepted online revocation (caller holds the row lock): effective_at and the CRL entry
+    stay empty, and the certificate keeps its status (and any hold), until make_effective() runs at
+    the next CRL issuance; ``at`` is kept as the time of acceptance until then."""
     return await insert(conn, cert, reason=reason, revoked_at=at, effective_at=None,
-                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=entry_der)
+                        invalidity_date=invalidity_date, source=source, source_ref=source_ref, entry_der=None)
 
 
-async def activate_pending(conn, at: dt.datetime) -> int:
-    """Make every accepted online revocation effective at ``at`` (called by the CRL publisher at the start
-    of each CRL issuance, inside its transaction): sets effective_at, ends a hold in force as
-    'hold_revoked', marks the certificates revoked, writes audit records and notifies listeners on
-    commit. Set-based; returns the number of revocations made effective."""
-    # Lock the certificate rows first, in id order, like every other status change (no deadlocks).
-    locked = await conn.fetch(
-        "SELECT c.id FROM certificate c JOIN revocation r ON r.certificate_id = c.id"
+@dataclass(frozen=True)
+class Pending:
+    """An accepted online revocation waiting for the next CRL issuance."""
+
+    revocation_id: int
+    certificate_id: int
+    serial: int
+    reason: int
+    invalidity_date: dt.datetime | None
+    source_ref: str | None
+
+
+async def lock_pending(conn) -> list[Pending]:
+    """Every accepted online revocation not yet effective, with its certificate row locked (in id
+    order, the one lock order of every status change)."""
+    rows = await conn.fetch(
+        "SELECT r.id, r.certificate_id, r.serial, r.reason, r.invalidity_date, r.source_ref"
+        " FROM certificate c JOIN revocation r ON r.certificate_id = c.id"
         " WHERE r.effective_at IS NULL AND r.released_at IS NULL ORDER BY c.id FOR UPDATE OF c")
-    if not locked:
+    return [Pending(r["id"], r["certificate_id"], int.from_bytes(r["serial"], "big"), r["reason"],
+                    r["invalidity_date"], r["source_ref"]) for r in rows]
+
+
+async def make_effective(conn, at: dt.datetime, entries: list[tuple[Pending, bytes]]) -> int:
+    """Make accepted online revocations effective at ``at`` (their revocationDate) with their CRL entry
+    DER, in the caller's transaction (lock_pending first): a hold in force ends as 'hold_revoked', the
+    certificates' status follows, an audit record each. Set-based; returns how many."""
+    if not entries:
         return 0
-    ids = [r["id"] for r in locked]
+    ids = [p.certificate_id for p, _ in entries]
     await conn.execute(
         "UPDATE revocation SET released_at = $2, release_kind = 'hold_revoked'"
         " WHERE certificate_id = ANY($1::bigint[]) AND released_at IS NULL AND effective_at IS NOT NULL"
-        " AND reason = $3 AND EXISTS (SELECT 1 FROM revocation p WHERE p.certificate_id = revocation.certificate_id"
-        " AND p.effective_at IS NULL AND p.released_at IS NULL)", ids, at, HOLD)
-    rows = await conn.fetch(
-        "UPDATE revocation SET effective_at = $2 WHERE certificate_id = ANY($1::bigint[])"
-        " AND effective_at IS NULL AND released_at IS NULL RETURNING certificate_id, serial, source_ref", ids, at)
-    if not rows:
-        return 0
-    done = [r["certificate_id"] for r in rows]
-    await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = ANY($1::bigint[])", done)
+        " AND reason = $3", ids, at, HOLD)
+    await conn.execute(
+        "UPDATE revocation r SET effective_at = $2, revoked_at = $2, entry_der = u.der"
+        " FROM unnest($1::bigint[], $3::bytea[]) AS u(id, der) WHERE r.id = u.id",
+        [p.revocation_id for p, _ in entries], at, [der for _, der in entries])
     await conn.executemany(
         "INSERT INTO audit_log (action, serial, request_id, details) VALUES ('online_revocation_effective', $1, $2, $3)",
-        [(r["serial"], r["source_ref"], {"effective_at": at.isoformat()}) for r in rows])
-    return len(rows)
+        [(serial_bytes(p.serial), p.source_ref, {"effective_at": at.isoformat()}) for p, _ in entries])
+    return len(entries)
 
 
 async def lock_certificates(conn, ids) -> list[CertificateRecord]:
@@ -149,8 +161,8 @@ async def revoke_many(conn, items, *, at: dt.datetime, source: str, client_id: i
     """Set-based revocation of many certificates in the caller's transaction (the resident-register feed):
     ``items`` are (CertificateRecord, reason, source_ref, entry_der), rows already locked and not revoked.
     Same effects as apply_revocation for each: holds in force end as 'hold_revoked', accepted online
-    revocations as 'pending_replaced', revocation rows with their CRL entry DER, status revoked, one
-    audit record per certificate (the status triggers notify on commit)."""
+    revocations as 'pending_replaced', revocation rows with their CRL entry DER (the status follows in
+    the database), one audit record per certificate (the status triggers notify on commit)."""
     if not items:
         return
     ids = [c.id for c, *_ in items]
@@ -164,7 +176,6 @@ async def revoke_many(conn, items, *, at: dt.datetime, source: str, client_id: i
                  "revoked_at", "effective_at", "source", "source_ref", "entry_der"],
         records=[(c.id, c.ca_generation_id, serial_bytes(c.serial), c.partition, c.not_after, int(reason), at, at,
                   source, ref, entry) for c, reason, ref, entry in items])
-    await conn.execute("UPDATE certificate SET status = 'revoked' WHERE id = ANY($1::bigint[])", ids)
     serials = [serial_bytes(c.serial) for c, *_ in items]
     await conn.execute(
         "INSERT INTO audit_log (client_id, action, serial, request_id, details)"

@@ -3,6 +3,7 @@ the batch: every event is applied exactly once (MISSION: nothing acknowledged lo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import secrets
@@ -58,15 +59,17 @@ async def test_kill_during_feed_batch_then_resend_applies_each_event_once(rt, st
     residents = await synthetic_residents(rt, WITH_CERTS)
     tag = secrets.token_hex(4)
     kinds = ["moved", "died", "name_changed", "emigrated", "municipal_merger"]
+    # the events occur after the certificates were issued (an event applies only to older ones)
+    occurred = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).replace(microsecond=0).isoformat()
     events, expected = [], set()
     for i, (code, serials) in enumerate(residents.items()):
         kind = kinds[i % len(kinds)]
         events.append({"event_id": f"crash-{tag}-{i}", "resident_code": code, "kind": kind,
-                       "occurred_at": "2025-04-01T00:00:00Z"})
+                       "occurred_at": occurred})
         expected.update([serials["signing"]] if kind in ("moved", "name_changed") else
                         serials.values() if kind in ("died", "emigrated") else [])
     events += [{"event_id": f"crash-{tag}-{WITH_CERTS + i}", "resident_code": resident_code(), "kind": "moved",
-                "occurred_at": "2025-04-01T00:00:00Z"} for i in range(N - WITH_CERTS)]
+                "occurred_at": occurred} for i in range(N - WITH_CERTS)]
     # Interleave the residents with certificates through the whole batch.
     rng = __import__("random").Random(7)
     rng.shuffle(events)

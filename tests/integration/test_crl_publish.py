@@ -222,8 +222,7 @@ async def test_online_revocation_becomes_effective_in_the_next_crl(rt, http, ter
             rec = await cert_store.by_serial(conn, cert.serial_number, for_update=True)
             now = rt.clock.now()
             await rev_store.accept_pending(conn, rec, reason=int(Reason.cessation_of_operation), at=now,
-                                           source="online", source_ref="test-online",
-                                           entry_der=encode_entry(rec.serial, now, Reason.cessation_of_operation))
+                                           source="online", source_ref="test-online")
     await _publish(rt, "auth", "full", "base")
     assert _serials(await _crl(http, "auth/full.crl"))[cert.serial_number] == x509.ReasonFlags.cessation_of_operation
     async with rt.pool.acquire() as conn:

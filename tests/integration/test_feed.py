@@ -1,6 +1,8 @@
 """Resident-register feed (住基連携) over HTTP: the rules table, idempotency by event id, hostile input."""
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import secrets
 
@@ -9,12 +11,15 @@ import pytest
 from tests.helpers import resident_code
 from tests.integration.revocation_support import in_force, new_holder, post, rhash, rid, rows_of, status_of
 
-NOW = "2025-01-15T09:00:00+09:00"
+def now_iso() -> str:
+    """A second from now: after the certificates the test issued (an event applies only to older ones)."""
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).replace(microsecond=0).isoformat()
 
 
-def ev(code, kind, event_id=None, occurred_at=NOW):
+def ev(code, kind, event_id=None, occurred_at=None):
+    """An event that occurred now (after the test's certificates were issued)."""
     return {"event_id": event_id or "ev-" + secrets.token_hex(8), "resident_code": code, "kind": kind,
-            "occurred_at": occurred_at}
+            "occurred_at": occurred_at or now_iso()}
 
 
 async def send(http, token, events, **kw):
@@ -85,7 +90,8 @@ async def test_events_in_order_no_certificate_and_resend_is_duplicate(http, term
     assert [r.get("revoked") for r in body["results"]] == [1, None, 1, None]
     assert (await in_force(rt, h.serial("signing")))["source_ref"] == events[0]["event_id"]
     assert (await in_force(rt, h.serial("auth")))["source_ref"] == events[2]["event_id"]
-    assert body["summary"] == {"applied": 2, "duplicate": 0, "no_certificate": 2, "rejected": 0}
+    assert body["summary"] == {"applied": 2, "duplicate": 0, "no_certificate": 2, "issued_after_event": 0,
+                               "rejected": 0}
     st, again = await send(http, feed_token, events)
     assert [r["outcome"] for r in again["results"]] == ["duplicate"] * 4
     assert [r["original_outcome"] for r in again["results"]] == ["applied", "no_certificate", "applied",

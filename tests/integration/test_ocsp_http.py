@@ -13,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from crl_publisher.publisher import activate_pending
 from tests.helpers import certs_by_kind, issue, issue_body
-from tests.ocsp_helpers import (responder, UNSUPPORTED_HASH, cert_id, check_response, get_path, hold, openssl_ocsp,
+from tests.ocsp_helpers import (UNSUPPORTED_HASH, cert_id, check_response, get_path, hold, openssl_ocsp, responder,
                                 raw_request, release, request_der, revoke, status_of)
 
 OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
@@ -90,12 +91,13 @@ async def test_accepted_online_revocation_is_good_until_effective(http, issued, 
     assert (await single(http, cert, issuer, ca_der)).certificate_status == ocsp.OCSPCertStatus.GOOD
     await revoke(rt, cert.serial_number, 5, effective=False, source="online")
     assert (await single(http, cert, issuer, ca_der)).certificate_status == ocsp.OCSPCertStatus.GOOD
-    async with rt.pool.acquire() as conn:  # what the CRL issuance does
-        await conn.execute("UPDATE revocation SET effective_at = now() WHERE serial = $1 AND released_at IS NULL",
-                           cert.serial_number.to_bytes(16, "big"))
+    effective = rt.clock.now() + dt.timedelta(seconds=5)
+    async with rt.pool.acquire() as conn, conn.transaction():  # what the next CRL issuance does
+        await activate_pending(conn, effective)
     resp = await single(http, cert, issuer, ca_der)
     assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert resp.revocation_reason == x509.ReasonFlags.cessation_of_operation
+    assert resp.revocation_time_utc == effective  # revocationDate = the time it took effect, not acceptance
 
 
 async def test_unknown_serial_and_unserved_issuer(http, issued, rt):

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from ca_core.clock import FixedClock
+from crl_publisher.publisher import activate_pending
 from revocation import online_client
 from storage import revocations
 from tests.integration.revocation_support import APPLICANT, in_force, new_holder, post, rid, rows_of, status_of
@@ -34,7 +35,7 @@ async def pending(rt, serial):
 
 async def activate(rt):
     async with rt.pool.acquire() as conn, conn.transaction():
-        return await revocations.activate_pending(conn, rt.clock.now())
+        return await activate_pending(conn, rt.clock.now())
 
 
 async def unchanged(rt, h, *, nonce_free=None):

@@ -1,7 +1,8 @@
-"""Pending online revocations become effective with storage.revocations.activate_pending (CRL publisher)."""
+"""Pending online revocations become effective with crl_publisher.publisher.activate_pending (CRL publisher)."""
 from __future__ import annotations
 
 from ca_core.revocation import Reason, encode_entry
+from crl_publisher.publisher import activate_pending
 from storage import certificates, revocations
 from tests.helpers import certs_by_kind, issue, issue_body
 
@@ -20,11 +21,10 @@ async def test_activate_pending_makes_revocations_effective_and_ends_hold(http, 
         s = await certificates.by_serial(conn, sig, for_update=True)
         await revocations.place_hold(conn, s, at=now, entry_der=encode_entry(s.serial, now, Reason.certificate_hold))
         for c in (a, s):
-            await revocations.accept_pending(conn, c, reason=5, at=now, source="online", source_ref="t1",
-                                             entry_der=encode_entry(c.serial, now, Reason.cessation_of_operation))
+            await revocations.accept_pending(conn, c, reason=5, at=now, source="online", source_ref="t1")
     assert await _status(rt, auth) == "valid" and await _status(rt, sig) == "held"
     async with rt.pool.acquire() as conn, conn.transaction():
-        n = await revocations.activate_pending(conn, now)
+        n = await activate_pending(conn, now)
         assert n >= 2
         rows = await conn.fetch(
             "SELECT serial, reason, effective_at, released_at, release_kind FROM revocation"

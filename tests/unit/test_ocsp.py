@@ -158,21 +158,23 @@ def test_revoked_hold_and_unknown(pki):
     resp = _sign(pki, [CertStatus("revoked", at, 1)])
     assert resp.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert resp.revocation_time_utc == at and resp.revocation_reason == x509.ReasonFlags.key_compromise
-    resp = _sign(pki, [core_ocsp.status_from_record(exists=True, revoked_at=at, reason=6, effective=True)])
+    resp = _sign(pki, [core_ocsp.status_from_record(exists=True, status="held", reason=6, since=at)])
     assert resp.revocation_reason == x509.ReasonFlags.certificate_hold
-    resp = _sign(pki, [core_ocsp.status_from_record(exists=True, revoked_at=at, reason=0, effective=True)])
+    resp = _sign(pki, [core_ocsp.status_from_record(exists=True, status="revoked", reason=0, since=at)])
     assert resp.revocation_reason is None  # unspecified is not stated, as in the CRL entry
     assert _sign(pki, [core_ocsp.UNKNOWN]).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
 
 
 def test_status_rules():
     at = NOW
-    assert core_ocsp.status_from_record(exists=False, revoked_at=None, reason=None, effective=False).kind == "unknown"
-    # Accepted online, not yet effective: good (JPKI rule) ...
-    assert core_ocsp.status_from_record(exists=True, revoked_at=at, reason=5, effective=False).kind == "good"
-    # ... unless it replaced a hold: still certificateHold.
-    st = core_ocsp.status_from_record(exists=True, revoked_at=at, reason=5, effective=False, hold_revoked_at=at)
-    assert (st.kind, st.reason) == ("revoked", 6)
+    assert core_ocsp.status_from_record(exists=False, status=None, reason=None, since=None).kind == "unknown"
+    assert core_ocsp.status_from_record(exists=True, status="valid", reason=None, since=None).kind == "good"
+    st = core_ocsp.status_from_record(exists=True, status="held", reason=6, since=at)
+    assert (st.kind, st.reason, st.revoked_at) == ("revoked", 6, at)
+    st = core_ocsp.status_from_record(exists=True, status="revoked", reason=5, since=at)
+    assert (st.kind, st.reason, st.revoked_at) == ("revoked", 5, at)
+    with pytest.raises(ValueError):  # the database never holds this (certificate_status_consistent)
+        core_ocsp.status_from_record(exists=True, status="revoked", reason=None, since=None)
     assert CertStatus("revoked", at, 1).key != CertStatus("revoked", at, 6).key != core_ocsp.GOOD.key
 
 

@@ -7,7 +7,7 @@ import pytest
 from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 from ca_core import config
 from ca_core.clock import JST, UTC
@@ -109,8 +109,38 @@ def test_common_extensions(kind, signing_issuer, auth_issuer, ee_key):
     assert cdp[0].full_name[0].value == f"http://127.0.0.1:8080/crl/{kind}/g1-p7.crl"
     fresh = exts[ExtensionOID.FRESHEST_CRL].value
     assert fresh[0].full_name[0].value == f"http://127.0.0.1:8080/crl/{kind}/g1-p7-delta.crl"
+    aia = exts[ExtensionOID.AUTHORITY_INFORMATION_ACCESS]
+    assert not aia.critical
+    assert [(d.access_method, d.access_location.value) for d in aia.value] == [
+        (AuthorityInformationAccessOID.OCSP, "http://127.0.0.1:8080/ocsp"),
+        (AuthorityInformationAccessOID.CA_ISSUERS, f"http://127.0.0.1:8080/ca/{kind}/{issuer.key_id.hex()}.crt")]
     assert ExtensionOID.BASIC_CONSTRAINTS not in exts
     assert cert.serial_number == 0x1234567890ABCDEF1234567890ABCDEF
+    # exactly the profile's extensions, in the profile's order (docs/domain.md)
+    order = [ExtensionOID.KEY_USAGE, ExtensionOID.CERTIFICATE_POLICIES] + (
+        [ExtensionOID.SUBJECT_ALTERNATIVE_NAME] if kind == "signing" else []) + [
+        ExtensionOID.ISSUER_ALTERNATIVE_NAME, ExtensionOID.CRL_DISTRIBUTION_POINTS, ExtensionOID.FRESHEST_CRL,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER]
+    assert [e.oid for e in cert.extensions] == order
+
+
+def test_ocsp_can_be_left_out_of_aia(auth_issuer, ee_key):
+    issuer, key = auth_issuer
+    profile = CertificateProfile.from_config(CFG.replace(issuance=CFG.issuance.replace(ocsp_in_aia=False)), "auth")
+    cert = _sign(profile, issuer, key, serial=6, ee_key=ee_key, subject_der=end_entity_subject("auth", None, None, "X"),
+                 basic4=None, not_before=NOW, not_after=NOW + dt.timedelta(days=1), partition="g1-p0")
+    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    assert [d.access_method for d in aia] == [AuthorityInformationAccessOID.CA_ISSUERS]
+
+
+def test_validity_is_capped_at_the_ca_certificate():
+    ca_end = NOW + dt.timedelta(days=400)
+    nb, na = validity(NOW, dt.date(1980, 5, 15), dt.date(2034, 1, 1), ca_end)
+    assert (nb, na) == (NOW, ca_end)
+    _nb, uncapped = validity(NOW, dt.date(1980, 5, 15), dt.date(2034, 1, 1), NOW + dt.timedelta(days=20 * 365))
+    assert uncapped < NOW + dt.timedelta(days=20 * 365) and uncapped == validity(NOW, dt.date(1980, 5, 15),
+                                                                               dt.date(2034, 1, 1))[1]
 
 
 def test_no_freshest_crl_when_deltas_are_off(signing_issuer, ee_key):
