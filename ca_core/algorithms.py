@@ -1,8 +1,8 @@
 """Signature algorithms of CA keys and the host-side half of HSM signing.
 
 With keys in an HSM, the host encodes and hashes the TBS structure and the token signs only the digest
-(DESIGN.md). RSA keys sign a PKCS#1 v1.5 DigestInfo (CKM_RSA_PKCS); ECDSA keys sign the hash and return
-r||s, which X.509 wants as a DER ECDSA-Sig-Value (RFC 5758 section 3.2).
+(docs/architecture.md, facts that shaped the design). RSA keys sign a PKCS#1 v1.5 DigestInfo
+(CKM_RSA_PKCS); ECDSA keys sign the hash and return r||s, which X.509 wants as a DER ECDSA-Sig-Value (RFC 5758 section 3.2).
 """
 from __future__ import annotations
 

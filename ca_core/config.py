@@ -94,6 +94,10 @@ class ServerConfig(_Section):
     public_base_url: str = "http://127.0.0.1:8080"  # base of URLs put in certificates
     max_body_bytes: int = 65536
     db_pool_size: int = 16
+    # After a status change commits, its answer waits until every process's status listener applied it
+    # (at most this long; 0 turns the wait off: other processes may then answer from before it for a
+    # few milliseconds).
+    status_sync_ms: int = 2000
 
 
 class IssuanceConfig(_Section):

@@ -1,4 +1,4 @@
-"""The revocation rules (MISSION.md, table "Revocation rules"), as data and pure functions.
+"""The revocation rules (docs/domain.md, revocation rules), as data and pure functions.
 
 Which certificates an event revokes, with which CRLReason (RFC 5280 5.3.1), whether it entitles the
 resident to a free reissue, and the cascade "authentication certificate revoked => signing certificate
@@ -75,7 +75,8 @@ def cascades(kind: str) -> bool:
 
 
 def check_hold_release(kind: str) -> None:
-    """A signing-certificate hold can never be released: it ends only in revocation (MISSION.md)."""
+    """A signing-certificate hold can never be released: it ends only in revocation (docs/domain.md,
+    revocation rules: holds)."""
     if kind == SIGNING:
         raise PolicyViolation(
             "a hold on a signing certificate cannot be released; it ends only in revocation "

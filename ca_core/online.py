@@ -1,6 +1,6 @@
 """Online window applications (オンライン窓口): CMS SignedData (RFC 5652) carrying a JSON application.
 
-Pure parsing and verification, in the order of MISSION.md ("Online window: the checks"): the data has
+Pure parsing and verification, in the order of docs/domain.md (online window, the checks): the data has
 the prescribed format (malformed), the certificate's issuer is ours (unknown_issuer), the CA's signature
 on the certificate verifies (certificate_signature_invalid), the applicant's signature on the
 application verifies (application_signature_invalid), the certificate has not expired

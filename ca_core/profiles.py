@@ -1,4 +1,4 @@
-"""Certificate profiles (MISSION.md "The two certificate kinds"): TBS structures built from
+"""Certificate profiles (docs/domain.md, the two certificate profiles): TBS structures built from
 (profile, request, time). Signing happens elsewhere; these functions only encode.
 
 Extensions of an end-entity certificate, in order: keyUsage (critical), certificatePolicies (critical),
@@ -23,7 +23,7 @@ from .names import build_name
 from .resident import BasicFour, nth_birthday_after
 
 
-# JPKI otherName type ids for the basic 4 information (MISSION.md).
+# JPKI otherName type ids for the basic 4 information (docs/domain.md, the two certificate profiles).
 OID_NAME = "1.2.392.200149.8.5.5.1"
 OID_NAME_SUBSTITUTES = "1.2.392.200149.8.5.5.2"
 OID_SEX = "1.2.392.200149.8.5.5.3"

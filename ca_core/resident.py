@@ -1,4 +1,4 @@
-"""The resident's "basic 4 information" and the rules on it (MISSION.md: characters, birth date, sex).
+"""The resident's "basic 4 information" and the rules on it (docs/domain.md: characters, birth date, sex).
 
 Names and addresses may only use the JIS X 0208 and JIS X 0212 repertoire. A character outside it is
 replaced at the window by a substitute; the flag string beside the field has one '0' or '1' per
@@ -153,7 +153,8 @@ MIN_SIGNING_AGE = 15
 
 
 def check_signing_eligibility(birth: dt.date, today: dt.date, adult_ward: bool) -> None:
-    """Signing certificates are not issued to persons under 15 or to adult wards (MISSION.md)."""
+    """Signing certificates are not issued to persons under 15 or to adult wards (docs/domain.md,
+    eligibility)."""
     if age_on(birth, today) < MIN_SIGNING_AGE:
         raise PolicyViolation("a signing certificate cannot be issued to a person under 15",
                               field="resident.birth_date", code="applicant_under_15")
@@ -170,7 +171,8 @@ def check_resident_code(code, field: str = "resident_code") -> str:
 
 
 def resident_hash(key: bytes, code: str) -> bytes:
-    """Keyed hash of a resident code: the code itself is never stored (DESIGN.md)."""
+    """Keyed hash of a resident code: the code itself is never stored (docs/architecture.md, facts
+    that shaped the design)."""
     import hmac
     import hashlib
 

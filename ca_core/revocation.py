@@ -1,7 +1,7 @@
 """Revocation reasons and the CRL entry DER that a revocation becomes (RFC 5280 section 5.3).
 
 A revoked entry never changes, so it is encoded once, at revocation, stored, and streamed by the CRL
-publisher (DESIGN.md).
+publisher (docs/architecture.md, CRL publication).
 """
 from __future__ import annotations
 

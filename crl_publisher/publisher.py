@@ -43,6 +43,7 @@ from ca_core.kinds import KINDS
 from ca_core.profiles import CertificateProfile, partition_name
 from ca_core.revocation import Reason, encode_entry
 from hsm.signer import Signer
+from plumbing.status_channel import StatusSync, no_sync
 from storage import crls, revocations
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,8 @@ class Publisher:
     output folder."""
 
     def __init__(self, *, pool, signer: Signer, clock: Clock, issuers: IssuerSource,
-                 profiles: dict[str, CertificateProfile], settings: CRLConfig, partition_size: int, out: Path):
+                 profiles: dict[str, CertificateProfile], settings: CRLConfig, partition_size: int, out: Path,
+                 status_sync: StatusSync = no_sync):
         self.pool = pool
         self.signer = signer
         self.clock = clock
@@ -283,13 +285,15 @@ class Publisher:
         self.settings = settings
         self.partition_size = partition_size
         self.out = out
+        self.status_sync = status_sync
         self.publish_deltas = all(p.publish_deltas for p in profiles.values())
 
     @classmethod
     def from_runtime(cls, rt) -> "Publisher":
         return cls(pool=rt.pool, signer=rt.signer, clock=rt.clock, issuers=rt.directory,
                    profiles={ca: CertificateProfile.from_config(rt.cfg, ca) for ca in KINDS},
-                   settings=rt.cfg.crl, partition_size=rt.cfg.issuance.partition_size, out=output_dir(rt.cfg))
+                   settings=rt.cfg.crl, partition_size=rt.cfg.issuance.partition_size, out=output_dir(rt.cfg),
+                   status_sync=rt.status.sync)
 
     # -- what a CRL says about its scope ---------------------------------------------------------
     def url(self, target: Target) -> str:
@@ -338,7 +342,9 @@ class Publisher:
                 async with conn.transaction():
                     # online revocations accepted before this issue become effective in it (committed
                     # before the snapshot is taken)
-                    await activate_pending(conn, now)
+                    activated = await activate_pending(conn, now)
+                if activated:
+                    await self.status_sync()
                 marks.append(("prepare", time.perf_counter()))
                 # The CRL number is committed on another connection while the entries are read; it is
                 # needed only for the extensions, after the entries (the lease orders the issues).

@@ -31,6 +31,7 @@ from ca_core.revocation import Reason, encode_entry
 from ca_core.serials import new_serial, serial_bytes, serial_hex
 from hsm.signer import Signer
 from storage import audit, certificates as cert_store, issuance as issuance_store, revocations as rev_store
+from plumbing.status_channel import StatusSync, no_sync
 from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class IssuanceService:
     certificate profiles, its settings and the key resident codes are hashed with."""
 
     def __init__(self, *, pool, signer: Signer, clock: Clock, issuers: IssuerSource,
-                 profiles: dict[str, CertificateProfile], settings: IssuanceConfig, resident_key: bytes):
+                 profiles: dict[str, CertificateProfile], settings: IssuanceConfig, resident_key: bytes,
+                 status_sync: StatusSync = no_sync):
         self.pool = pool
         self.signer = signer
         self.clock = clock
@@ -99,13 +101,14 @@ class IssuanceService:
         self.profiles = profiles
         self.settings = settings
         self.resident_key = resident_key
+        self.status_sync = status_sync
         self._templates: dict[int, CertificateTemplate] = {}
 
     @classmethod
     def from_runtime(cls, rt) -> "IssuanceService":
         return cls(pool=rt.pool, signer=rt.signer, clock=rt.clock, issuers=rt.directory,
                    profiles={kind: CertificateProfile.from_config(rt.cfg, kind) for kind in KINDS},
-                   settings=rt.cfg.issuance, resident_key=rt.resident_key)
+                   settings=rt.cfg.issuance, resident_key=rt.resident_key, status_sync=rt.status.sync)
 
     def _template(self, issuer) -> CertificateTemplate:
         template = self._templates.get(issuer.db_id)
@@ -256,6 +259,7 @@ class IssuanceService:
                                                   [c.kind for c in signed], now)
                             if await issuance_store.record(conn, signed, **record) is None:
                                 raise _Raced()  # rolls the superseding revocations back
+                    await self.status_sync()  # the superseded certificates answer revoked everywhere
         except _Raced:
             with unavailable_when_down("the database is unavailable; nothing was issued"):
                 async with self.pool.acquire() as conn:

@@ -131,13 +131,7 @@ async def post_ocsp(request: web.Request) -> web.Response:
 async def _background(app: web.Application):
     svc = app[SERVICE]
     await svc.load_responders()
-    tasks = [asyncio.create_task(coro, name=f"ocsp-{coro.__name__}")
-             for coro in (svc.listen(), svc.flusher(), svc.maintain())]
-    # Serve with the memory cache as soon as the listener is up (a few milliseconds).
-    for _ in range(100):
-        if svc.cache.enabled:
-            break
-        await asyncio.sleep(0.02)
+    tasks = [asyncio.create_task(coro, name=f"ocsp-{coro.__name__}") for coro in (svc.flusher(), svc.maintain())]
     yield
     for task in tasks:
         task.cancel()
@@ -145,6 +139,8 @@ async def _background(app: web.Application):
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await svc.flush()  # nothing counted is lost on a clean shutdown
+    if svc.channel is not None:
+        svc.channel.unsubscribe(svc._on_notify)
 
 
 def setup(app: web.Application, rt) -> None:

@@ -23,7 +23,7 @@ from ca_core.errors import ShomeiError
 from ca_core.ocsp import ResponseStatus
 from storage import cas, ocsp as store
 from hsm.signer import Signer
-from storage.revocations import STATUS_CHANNEL
+from plumbing.status_channel import StatusChannel
 
 from .cache import Entry, ResponseCache
 from .responders import renew_responders
@@ -38,7 +38,6 @@ VERIFIER_ANSWERS = Counter("shomei_ocsp_verifier_answers_total",
                            "Successful OCSP answers per registered verifier (the first ocsp.verifier_metric_labels "
                            "verifiers seen by a process are named, the rest count as 'other'; exact per-verifier "
                            "counts for billing are in the table ocsp_verifier_usage)", ["verifier"])
-LISTENER_UP = Counter("shomei_ocsp_listener_connects_total", "Status listener (re)connections", ["result"])
 
 ERROR_BODIES = {s: ocsp.error_response(s) for s in ResponseStatus if s != ResponseStatus.successful}
 
@@ -69,16 +68,15 @@ def _error(status: ResponseStatus) -> Answer:
 
 class Responder:
     """The responder of one process, built from a pool, a Signer, a clock, the CA generations (which it
-    reloads), its settings, the database URL of its LISTEN connection and the CA settings its
-    responder certificates are renewed with."""
+    reloads), its settings, the status channel that keeps its memory cache right (None: no memory
+    cache) and the CA settings its responder certificates are renewed with."""
 
     def __init__(self, *, pool, signer: Signer, clock: Clock, directory, settings: OCSPConfig,
-                 database_url: str, cas_cfg: CAs):
+                 channel: StatusChannel | None, cas_cfg: CAs):
         self.pool = pool
         self.signer = signer
         self.clock = clock
         self.directory = directory  # IssuerSource with reload() (plumbing.runtime.IssuerDirectory)
-        self.database_url = database_url
         self.cas_cfg = cas_cfg
         self.cfg = settings
         self.cache = ResponseCache(self.cfg.cache_entries)
@@ -94,12 +92,14 @@ class Responder:
         self.verifier_mode = self.cfg.access == "verifier"
         self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
         self.malformed = _error(ResponseStatus.malformed_request)
-        self.listener_pid: int | None = None  # backend pid of the LISTEN connection while it is up
+        self.channel = channel
+        if channel is not None:
+            channel.subscribe(self._on_notify, self._on_channel)
 
     @classmethod
     def from_runtime(cls, rt) -> "Responder":
         return cls(pool=rt.pool, signer=rt.signer, clock=rt.clock, directory=rt.directory, settings=rt.cfg.ocsp,
-                   database_url=rt.cfg.database_url, cas_cfg=rt.cfg.ca)
+                   channel=rt.status, cas_cfg=rt.cfg.ca)
 
     # -- metrics ---------------------------------------------------------------------------------
     def count(self, status: str, source: str, verifier=None, successful: bool = True) -> None:
@@ -246,7 +246,7 @@ class Responder:
                                              ocsp.responder_key_hash(rec.certificate), rec.not_after)
                            for gen, rec in latest.items()}
 
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         if payload == "*":  # a bulk change (e.g. a feed batch): drop everything
             self.cache.clear()
             return
@@ -257,39 +257,15 @@ class Responder:
             return
         self.cache.invalidate(serial)
 
-    async def listen(self) -> None:
-        """Keep a LISTEN connection on the status channel; the memory cache is used only while it is up."""
-        backoff = 0.2
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.database_url, timeout=10)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(STATUS_CHANNEL, self._on_notify)
-                self.cache.clear()  # notifications may have been missed while disconnected
-                self.cache.enabled = True
-                self.listener_pid = conn.get_server_pid()
-                LISTENER_UP.labels("ok").inc()
-                backoff = 0.2
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), 5)
-                    except asyncio.TimeoutError:
-                        await conn.fetchval("SELECT 1", timeout=5)  # a silent network loss shows here
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                LISTENER_UP.labels("error").inc()
-                log.warning("OCSP status listener lost (%s); serving without the memory cache", type(exc).__name__)
-            finally:
-                self.cache.enabled = False
-                self.listener_pid = None
-                self.cache.clear()
-                if conn is not None:
-                    conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+    def _on_channel(self, up: bool) -> None:
+        """The memory cache is used only while the status channel is up; on either change it starts empty
+        (notices may have been missed)."""
+        self.cache.clear()
+        self.cache.enabled = up
+
+    @property
+    def listener_pid(self) -> int | None:
+        return self.channel.pid if self.channel is not None else None
 
     async def flush(self, usage: bool = True) -> None:
         """Write queued answers to the shared cache and (``usage``) verifiers' counts to the billing table."""

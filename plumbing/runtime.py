@@ -21,6 +21,7 @@ from hsm.signer import Signer
 from storage import cas, db
 
 from .auth import ClientCache
+from .status_channel import StatusChannel
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Runtime:
     directory: IssuerDirectory
     resident_key: bytes
     clients: ClientCache
+    status: StatusChannel  # status-change notices of every process; sync() after a change
     worker_index: int | None = None  # the worker's number under `shomei serve`; None in tools and tests
 
     @property
@@ -94,7 +96,9 @@ async def open_runtime(cfg: Config, *, clock: Clock | None = None, migrate: bool
         raise
     pool = await db.create_pool(cfg.database_url, max_size=cfg.server.db_pool_size)
     rt = Runtime(cfg=cfg, clock=clock or SystemClock(), pool=pool, signer=signer, directory=IssuerDirectory(pool),
-                 resident_key=read_resident_key(cfg), clients=ClientCache(pool), worker_index=worker_index)
+                 resident_key=read_resident_key(cfg), clients=ClientCache(pool),
+                 status=StatusChannel(cfg.database_url, pool, sync_timeout=cfg.server.status_sync_ms / 1000),
+                 worker_index=worker_index)
     await rt.reload_issuers()
     return rt
 

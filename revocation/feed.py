@@ -28,6 +28,7 @@ from ca_core.lifecycle import FEED_RULES, cascade_reason, cascades
 from ca_core.revocation import encode_entry
 from ca_core.resident import resident_hash
 from storage import audit, feed_events, revocations as rev_store
+from plumbing.status_channel import StatusSync, no_sync
 from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,18 @@ def parse_batch(body: bytes, content_type: str, max_events: int) -> list:
 class FeedService:
     """The feed, built from a pool, a clock, the resident-hash key and the revocation settings."""
 
-    def __init__(self, *, pool, clock: Clock, resident_key: bytes, settings: RevocationConfig):
+    def __init__(self, *, pool, clock: Clock, resident_key: bytes, settings: RevocationConfig,
+                 status_sync: StatusSync = no_sync):
         self.pool = pool
         self.clock = clock
         self.resident_key = resident_key
         self.settings = settings
+        self.status_sync = status_sync
 
     @classmethod
     def from_runtime(cls, rt) -> "FeedService":
-        return cls(pool=rt.pool, clock=rt.clock, resident_key=rt.resident_key, settings=rt.cfg.revocation)
+        return cls(pool=rt.pool, clock=rt.clock, resident_key=rt.resident_key, settings=rt.cfg.revocation,
+                   status_sync=rt.status.sync)
 
     async def apply(self, client, raw_events: list) -> dict:
         """Apply a batch; returns {"results": [...], "summary": {...}} with one result per event, in order."""
@@ -155,6 +159,8 @@ class FeedService:
             except asyncpg.DeadlockDetectedError:
                 raise errors.Unavailable("concurrent changes; resend the batch (applied events are answered "
                                          "duplicate)", code="concurrent_change", retry_after=1) from None
+        if any(r and r.get("revoked") for r in results):
+            await self.status_sync()
         summary = Tally(r["outcome"] for r in results)
         for outcome, n in summary.items():
             FEED_EVENTS.labels(outcome).inc(n)

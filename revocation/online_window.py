@@ -1,9 +1,9 @@
 """The online window (オンライン窓口): revocation and validity-check applications signed by the card.
 
-The checks run in the order of MISSION.md; the pure ones are in ca_core.online. The database part runs
-in one transaction: the nonce is recorded (a second use is 'replayed'), the certificate rows are locked,
-and an accepted revocation is stored as a pending revocation row (effective_at NULL) that the CRL
-publisher makes effective at the next CRL issuance (crl_publisher.publisher.activate_pending).
+The checks run in the order of docs/domain.md (online window, the checks); the pure ones are in
+ca_core.online. The database part runs in one transaction: the nonce is recorded (a second use is
+'replayed'), the certificate rows are locked, and an accepted revocation is stored as a pending
+revocation row (effective_at NULL) that the CRL publisher makes effective at the next CRL issuance (crl_publisher.publisher.activate_pending).
 """
 from __future__ import annotations
 

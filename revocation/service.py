@@ -23,6 +23,7 @@ from ca_core.kinds import KINDS, SIGNING
 from ca_core.revocation import Reason, encode_entry
 from ca_core.serials import serial_bytes, serial_hex
 from storage import audit, certificates as cert_store, revocations as rev_store, window_requests
+from plumbing.status_channel import StatusSync, no_sync
 from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,15 @@ class WindowResult:
 class WindowService:
     """The window's revocations, holds and releases, built from a pool, a clock and the resident-hash key."""
 
-    def __init__(self, *, pool, clock: Clock, resident_key: bytes):
+    def __init__(self, *, pool, clock: Clock, resident_key: bytes, status_sync: StatusSync = no_sync):
         self.pool = pool
         self.clock = clock
         self.resident_key = resident_key
+        self.status_sync = status_sync  # after a commit: every process has applied the change
 
     @classmethod
     def from_runtime(cls, rt) -> "WindowService":
-        return cls(pool=rt.pool, clock=rt.clock, resident_key=rt.resident_key)
+        return cls(pool=rt.pool, clock=rt.clock, resident_key=rt.resident_key, status_sync=rt.status.sync)
 
     async def handle(self, client, operator_id: str, req: WindowRequest) -> WindowResult:
         """Run one window request; raises a ShomeiError subclass on any rejection (nothing recorded)."""
@@ -124,6 +126,7 @@ class WindowService:
                 raise errors.Conflict("the certificate changed concurrently; nothing was recorded, retry",
                                       code="concurrent_change") from None
             raise
+        await self.status_sync()  # the answer leaves only once no process can answer from before it
         return WindowResult(True, body)
 
     async def _replay(self, conn, client, req: WindowRequest) -> WindowResult:

@@ -42,8 +42,10 @@ async def healthz(request: web.Request) -> web.Response:
         checks["token"] = f"error: {exc.message}"
     checks["cas"] = {ca: (f"g{i.generation}" if (i := rt.issuers.current(ca)) else "missing")
                      for ca in KINDS}
+    checks["status_listener"] = "ok" if rt.status.up else "down"  # down: no answers from memory, still correct
     ok = checks["database"] == "ok" and checks["token"] == "ok" and "missing" not in checks["cas"].values()
-    return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+    body = {"status": "ok" if ok else "unavailable", "checks": checks, "worker": rt.worker_index}
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -100,4 +102,11 @@ def make_app(rt: Runtime) -> web.Application:
     app.router.add_get("/ca/{ca}/{key_id}.crt", ca_certificate)
     for component in (issuance_http, revocation_http, crl_http, ocsp_http):
         component.setup(app, rt)
+
+    async def status_channel(_app):  # one LISTEN connection per process, shared by its applications
+        await rt.status.start()
+        yield
+        await rt.status.stop()
+
+    app.cleanup_ctx.insert(0, status_channel)
     return app

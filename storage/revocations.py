@@ -55,11 +55,6 @@ async def release(conn, revocation_id: int, *, at: dt.datetime, kind: str) -> No
                        revocation_id, at, kind)
 
 
-# Every status change NOTIFYs this channel on commit with the hex serial (or '*' for a bulk change).
-# The triggers of migration 0005 send it, so no write path can forget it.
-STATUS_CHANNEL = "shomei_status"
-
-
 async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime,
                            effective_at: dt.datetime | None, source: str, source_ref: str | None,
                            entry_der: bytes | None, invalidity_date: dt.datetime | None = None) -> int:

@@ -155,3 +155,4 @@ async def test_free_reissue_after_merger_or_address_notation(http, rt, terminal,
     resp = await http.post("/v1/certificates", json=issue_body(keys, kinds=("signing",), code=h.code),
                            headers={"Authorization": f"Bearer {terminal}", "X-Operator-Id": "clerk-01"})
     assert resp.status == 409 and (await resp.json())["error"]["code"] == "renewal_too_early"
+

@@ -148,6 +148,6 @@ async def responder(parts, clock):
     directory = IssuerDirectory(parts.pool)
     await directory.reload()
     svc = Responder(pool=parts.pool, signer=parts.signer, clock=clock, directory=directory,
-                    settings=parts.cfg.ocsp, database_url=parts.url, cas_cfg=parts.cfg.ca)
+                    settings=parts.cfg.ocsp, channel=None, cas_cfg=parts.cfg.ca)
     await svc.load_responders()
     return svc
