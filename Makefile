@@ -5,13 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test sysdeps venv bench clean-var
+.PHONY: run test soak sysdeps venv bench clean-var
 
 run: sysdeps $(STAMP)
 	$(BIN)/shomei serve
 
 test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Thousands of random event sequences against the reference model of the status rules (tests/model).
+soak: sysdeps $(STAMP)
+	SHOMEI_MODEL_SOAK=1 $(BIN)/python -m pytest -q --timeout=0 tests/model
 
 # The benchmarks of README.md, one after the other (about 25 minutes; wrk drives the OCSP one).
 bench: sysdeps $(STAMP)
