@@ -2,7 +2,7 @@
 
 Each error carries a stable ``code`` (part of the API contract), a message a person can act on and,
 where one field is at fault, the name of that field. The HTTP layer maps the classes below to status
-codes in one place (shomei.http); domain code never speaks HTTP.
+codes in one place (plumbing/http.py); domain code never speaks HTTP.
 """
 from __future__ import annotations
 

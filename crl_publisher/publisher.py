@@ -415,10 +415,6 @@ class Publisher:
                 writer.abort()
             raise
         async with conn.transaction():
-            # Needs no flush of its own: the number was committed durably before the file was
-            # renamed, and a delta built on an older record is still right for this base (RFC 5280
-            # 5.2.4: a delta applies to any complete CRL at least as new as its base).
-            await conn.execute("SET LOCAL synchronous_commit = off")
             rid = await crls.record_published(
                 conn, generation_id=target.issuer.db_id, scope=target.scope, kind=target.kind, number=number,
                 base_id=base.id if base else None, this_update=now, next_update=spec.next_update,

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from storage import status_notices as notices
+from storage import db, status_notices as notices
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class StatusChannel:
                     try:
                         await asyncio.wait_for(lost.wait(), 5)
                     except asyncio.TimeoutError:
-                        await conn.fetchval("SELECT 1", timeout=5)  # a silent network loss shows here
+                        await db.ping(conn, timeout=5)  # a silent network loss shows here
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

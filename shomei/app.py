@@ -10,6 +10,7 @@ from ca_core.errors import NotFound, ShomeiError
 from ca_core.kinds import KINDS
 from plumbing.http import error_middleware
 from plumbing.runtime import Runtime
+from storage import db
 
 RT = web.AppKey("runtime", Runtime)  # the shell's own handlers (health, CA certificates) read it
 
@@ -31,7 +32,7 @@ async def healthz(request: web.Request) -> web.Response:
     checks = {}
     try:
         async with rt.pool.acquire(timeout=5) as conn:
-            await conn.fetchval("SELECT 1")
+            await db.ping(conn)
         checks["database"] = "ok"
     except Exception as exc:  # any failure is a health answer, not an error
         checks["database"] = f"error: {type(exc).__name__}"

@@ -202,6 +202,10 @@ def _published(r) -> PublishedCRL:
 async def record_published(conn, *, generation_id: int, scope: str, kind: str, number: int, base_id: int | None,
                            this_update: dt.datetime, next_update: dt.datetime, snapshot: str, entries: int,
                            size: int, sha256: bytes, path: str) -> int:
+    # Needs no flush of its own: the number was committed durably before the file was renamed, and a
+    # delta built on an older record is still right for this base (RFC 5280 5.2.4: a delta applies to
+    # any complete CRL at least as new as its base).
+    await conn.execute("SET LOCAL synchronous_commit = off")
     return await conn.fetchval(
         "INSERT INTO crl (ca_generation_id, scope, kind, crl_number, base_id, this_update, next_update, snapshot,"
         " entries, bytes, sha256, path) VALUES ($1,$2,$3,$4,$5,$6,$7,$8::text::pg_snapshot,$9,$10,$11,$12)"

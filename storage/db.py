@@ -60,3 +60,8 @@ def migrate(url: str) -> list[str]:
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
     return applied
+
+
+async def ping(conn, timeout: float | None = None) -> None:
+    """One round trip: raises when the connection or the server is gone."""
+    await conn.fetchval("SELECT 1", timeout=timeout)

@@ -85,7 +85,7 @@ CREATE TABLE crl (
 );
 CREATE INDEX crl_latest ON crl (ca_generation_id, scope, kind, crl_number DESC);
 
--- storage.revocations.activate_pending runs at the start of every CRL issuance: find the accepted
+-- crl_publisher.publisher.activate_pending runs at the start of every CRL issuance: find the accepted
 -- online revocations without scanning the table.
 CREATE INDEX IF NOT EXISTS revocation_pending ON revocation (certificate_id)
     WHERE effective_at IS NULL AND released_at IS NULL;

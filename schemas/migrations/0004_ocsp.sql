@@ -29,7 +29,7 @@ CREATE INDEX ocsp_revocation_certificate ON revocation (certificate_id);
 -- Every change of a certificate's status, of a revocation (made effective by a CRL issuance, a hold
 -- released), and every new certificate (it may have been answered `unknown`) drops the cached answers
 -- of that serial in the same transaction and notifies the responders on commit (channel shomei_status,
--- payload the hex serial as storage.revocations.notify_status sends it; PostgreSQL folds duplicates).
+-- payload the hex serial, storage/status_notices.py; PostgreSQL folds duplicates).
 CREATE FUNCTION ocsp_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM ocsp_response_cache WHERE serial = NEW.serial;

@@ -118,3 +118,13 @@ def test_the_graph_is_read_from_the_code():
     """The graph is really read from the code: a known downward import is in it."""
     assert "plumbing.http" in GRAPH["issuance.http"]
     assert "ca_core.errors" in GRAPH["plumbing.http"]
+
+
+def test_sql_only_in_storage():
+    """Every statement is sent from storage/ (the adapter); other layers call its functions."""
+    import re
+
+    sends = re.compile(r"\.(execute|executemany|fetch|fetchval|fetchrow|copy_records_to_table)\(")
+    found = sorted(f"{name}:{n}" for name, path in MODULES.items() if _top(name) not in ("storage", "schemas")
+                   for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if sends.search(line))
+    assert found == []
