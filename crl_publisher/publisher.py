@@ -269,6 +269,23 @@ class _Writer:
                     pass
 
 
+class _StatusChangesHeld:
+    """The status-change lock held by one issue, from before thisUpdate is read until its snapshot."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.held = False
+
+    async def start(self) -> None:
+        await revocations.hold_status_changes(self.conn)
+        self.held = True
+
+    async def end(self) -> None:
+        if self.held:
+            self.held = False
+            await revocations.allow_status_changes(self.conn)
+
+
 class Publisher:
     """Publishes the CRLs of every CA generation; built from a pool, a Signer, a clock, the CA
     generations, the certificate profiles (their CRL URLs), its settings, the partition size and the
@@ -327,6 +344,7 @@ class Publisher:
         async with self.pool.acquire() as conn:
             if not await crls.try_lease(conn, gen_id, target.scope):
                 return Outcome(target, None, "another publisher holds the lease")
+            hold = None
             try:
                 base = await crls.latest(conn, gen_id, target.scope, "base")
                 if due is not None:
@@ -337,26 +355,33 @@ class Publisher:
                     return Outcome(target, None, "no base CRL yet")
                 if target.kind == "base":
                     base = None
+                # Status changes in progress end before thisUpdate is read, and new ones wait until the
+                # snapshot is taken (storage.revocations.hold_status_changes): every revocation dated
+                # before thisUpdate is in this CRL.
+                hold = _StatusChangesHeld(conn)
+                await hold.start()
                 now = self.clock.now()
                 marks = [("start", time.perf_counter())]
                 async with conn.transaction():
                     # online revocations accepted before this issue become effective in it (committed
                     # before the snapshot is taken)
                     activated = await activate_pending(conn, now)
-                if activated:
-                    await self.status_sync()
                 marks.append(("prepare", time.perf_counter()))
                 # The CRL number is committed on another connection while the entries are read; it is
                 # needed only for the extensions, after the entries (the lease orders the issues).
                 number = asyncio.ensure_future(self._allocate_number(gen_id, target.scope))
                 try:
-                    published = await self._issue(conn, target, number, now, base, progress, marks)
+                    published = await self._issue(conn, target, number, now, base, progress, marks, hold)
                 except BaseException:
                     CRL_PUBLISHED.labels(target.label, target.metric_kind, "error").inc()
                     raise
                 finally:
                     await asyncio.gather(number, return_exceptions=True)
+                if activated:
+                    await self.status_sync()
             finally:
+                if hold is not None:
+                    await hold.end()
                 await crls.release_lease(conn, gen_id, target.scope)
         seconds = time.perf_counter() - started
         kind = target.metric_kind
@@ -373,7 +398,8 @@ class Publisher:
         async with self.pool.acquire() as conn:
             return await crls.allocate_number(conn, gen_id, scope)
 
-    async def _issue(self, conn, target: Target, number_future, now: dt.datetime, base, progress, marks):
+    async def _issue(self, conn, target: Target, number_future, now: dt.datetime, base, progress, marks,
+                     hold: "_StatusChangesHeld"):
         final = self.out / target.path
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(str(final.with_name(f".{final.name}.*.tmp"))):  # a crashed run's leftovers
@@ -385,6 +411,7 @@ class Publisher:
         try:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot = await crls.begin_snapshot(conn)
+                await hold.end()
                 if target.kind == "base":
                     previous = await crls.latest(conn, target.issuer.db_id, target.scope, "base")
                     writer = _Writer(final, spec, previous.bytes if previous else 0)

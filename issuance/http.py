@@ -6,7 +6,7 @@ from typing import Annotated
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ca_core.clock import format_rfc3339
 from ca_core.resident import BasicFour
@@ -42,6 +42,14 @@ class IssueBody(_Strict):
     auth_csr: str | None = None
     adult_ward: bool = False
     card_replaced: bool = False
+
+    @field_validator("signing_csr", "auth_csr", mode="before")
+    @classmethod
+    def _not_null(cls, value):
+        """A CSR not requested is left out, never null (as the OpenAPI document says)."""
+        if value is None:
+            raise ValueError("null is not allowed; leave the field out")
+        return value
 
     def to_request(self) -> IssueRequest:
         return IssueRequest(

@@ -255,8 +255,9 @@ class IssuanceService:
                             raise _Raced()
                     else:
                         async with conn.transaction():
+                            await rev_store.enter_status_change(conn)
                             await self._supersede(conn, client, operator_id, req, record["resident_hash"],
-                                                  [c.kind for c in signed], now)
+                                                  [c.kind for c in signed], max(now, self.clock.now()))
                             if await issuance_store.record(conn, signed, **record) is None:
                                 raise _Raced()  # rolls the superseding revocations back
                     await self.status_sync()  # the superseded certificates answer revoked everywhere

@@ -171,6 +171,8 @@ class FeedService:
         """One transaction: claim the chunk's event ids, apply the new events, answer the repeats."""
         async with self.pool.acquire() as conn:
             async with conn.transaction():
+                await rev_store.enter_status_change(conn)
+                now = self.clock.now()  # this chunk's revocation date, read under the lock
                 claimed = await feed_events.claim(
                     conn, client.id, [(e.seq, e.event_id, e.resident_hash, e.kind, e.occurred_at) for e in chunk], now)
                 first: dict[str, FeedEvent] = {}

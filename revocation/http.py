@@ -13,7 +13,7 @@ import logging
 from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ca_core import errors, online
 from ca_core.clock import Clock
@@ -39,16 +39,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _not_null(value):
+    """An optional field is left out, never null (as the OpenAPI document says)."""
+    if value is None:
+        raise ValueError("null is not allowed; leave the field out")
+    return value
+
+
 class _Target(_Strict):
     request_id: RequestId
     serial: str | None = None
     resident_code: str | None = None
     kinds: list[Kind] | None = Field(default=None, min_length=1, max_length=2)
 
+    _given = field_validator("serial", "resident_code", "kinds", mode="before")(_not_null)
+
 
 class RevokeBody(_Target):
     reason: Literal["holder_request", "key_compromise", "recording_error", "card_returned", "death"]
     invalidity_date: str | None = None
+
+    _given_date = field_validator("invalidity_date", mode="before")(_not_null)
 
 
 class HoldBody(_Target):

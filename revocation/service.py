@@ -104,6 +104,8 @@ class WindowService:
             with unavailable_when_down():
                 async with self.pool.acquire() as conn:
                     async with conn.transaction():
+                        await rev_store.enter_status_change(conn)
+                        now = self.clock.now()  # after the lock: the date no CRL issued meanwhile can miss
                         row_id = await window_requests.claim(conn, client_id=client.id, request_id=req.request_id,
                                                              action=req.action, body_hash=req.body_hash(),
                                                              operator_id=operator_id)

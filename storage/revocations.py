@@ -55,6 +55,27 @@ async def release(conn, revocation_id: int, *, at: dt.datetime, kind: str) -> No
                        revocation_id, at, kind)
 
 
+# Status changes and CRL snapshots. A writer takes this lock (shared) in its transaction before it reads
+# the clock for a revocation's date; a CRL publisher takes it exclusively while it reads the clock for
+# thisUpdate and takes its snapshot. So a revocation dated before a CRL's thisUpdate has committed
+# before that CRL's snapshot: it is in the CRL (docs/domain.md, CRLs).
+_STATUS_CHANGE_LOCK = 0x5348_4F4D_4549_0002
+
+
+async def enter_status_change(conn) -> None:
+    """First in a transaction that changes statuses (shared: writers never wait for each other)."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _STATUS_CHANGE_LOCK)
+
+
+async def hold_status_changes(conn) -> None:
+    """Wait until every status change in progress has ended, and keep new ones out (session lock)."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _STATUS_CHANGE_LOCK)
+
+
+async def allow_status_changes(conn) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", _STATUS_CHANGE_LOCK)
+
+
 async def apply_revocation(conn, cert: CertificateRecord, *, reason: int, at: dt.datetime,
                            effective_at: dt.datetime | None, source: str, source_ref: str | None,
                            entry_der: bytes | None, invalidity_date: dt.datetime | None = None) -> int:
