@@ -1,8 +1,8 @@
 """Signer on a PKCS#11 token through python-pkcs11 (SoftHSMv2 in the embedded default).
 
 Every PKCS#11 call of a process runs on one dedicated thread: python-pkcs11 with SoftHSMv2 crashed when
-two threads of one process signed through one login (DESIGN.md). Scale is by processes, each with its
-own session (`shomei serve --workers N`).
+two threads of one process signed through one login (docs/architecture.md, facts that shaped the
+design). Scale is by processes, each with its own session (`shomei serve --workers N`).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Crash test of the feed: SIGKILL a real `shomei serve` while it applies a big batch, restart it, resend
-the batch: every event is applied exactly once (MISSION: nothing acknowledged lost, nothing twice)."""
+the batch: every event is applied exactly once (docs/architecture.md, durable before acknowledged:
+nothing acknowledged lost, nothing twice)."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,4 @@
-"""A batch of 100,000 feed events in one request (MISSION scale: millions of moves a year)."""
+"""A batch of 100,000 feed events in one request (docs/architecture.md, facts: millions of moves a year)."""
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,5 @@
-"""The online window over HTTP: CMS applications, each check of MISSION.md with its code, hostile input."""
+"""The online window over HTTP: CMS applications, each check of docs/domain.md (online window) with its
+code, hostile input."""
 from __future__ import annotations
 
 import datetime as dt

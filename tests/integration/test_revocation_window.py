@@ -1,4 +1,5 @@
-"""Window revocations, holds and hold releases over HTTP on the real stack (MISSION.md revocation rules)."""
+"""Window revocations, holds and hold releases over HTTP on the real stack (docs/domain.md, revocation
+rules)."""
 from __future__ import annotations
 
 import asyncio

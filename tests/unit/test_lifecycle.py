@@ -1,4 +1,4 @@
-"""The revocation rules table (MISSION.md) and the fast CRL entry encoder."""
+"""The revocation rules table (docs/domain.md, revocation rules) and the fast CRL entry encoder."""
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,5 @@
-"""Certificate profiles (MISSION.md "The two certificate kinds"), checked with cryptography's strict parser."""
+"""Certificate profiles (docs/domain.md, the two certificate profiles), checked with cryptography's strict
+parser."""
 from __future__ import annotations
 
 import datetime as dt

@@ -1,4 +1,4 @@
-"""Rules on the basic 4 information (MISSION.md: characters, birth date, sex, age)."""
+"""Rules on the basic 4 information (docs/domain.md: characters, birth date, sex, eligibility)."""
 from __future__ import annotations
 
 import datetime as dt
