@@ -12,17 +12,19 @@ Parsing is defensive: bytes come from anyone, so any exception raised while deco
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
+
+from typing import Annotated, Literal
 
 from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 
 from .clock import parse_rfc3339
 from .errors import Conflict, InvalidRequest, PolicyViolation, ShomeiError, Unavailable
@@ -176,6 +178,60 @@ def _no_duplicates(pairs):
     return dict(pairs)
 
 
+def _serial(value) -> int:
+    if not isinstance(value, str):
+        raise ValueError("a hex string")
+    return parse_serial_hex(value)
+
+
+def _nonce(value) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("base64 text")
+    nonce = base64.b64decode(value, validate=True)
+    if not NONCE_BYTES[0] <= len(nonce) <= NONCE_BYTES[1]:
+        raise ValueError(f"{NONCE_BYTES[0]} to {NONCE_BYTES[1]} octets")
+    return nonce
+
+
+def _utc(value) -> dt.datetime:
+    return parse_rfc3339(value).astimezone(dt.timezone.utc)
+
+
+_Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _ApplicantBody(_Strict):
+    name: _Text
+    address: _Text
+    birth_date: _Text
+    sex: _Text
+
+
+class _DocumentBody(_Strict):
+    """The application document as the card's software writes it (UTF-8 JSON, every field required)."""
+
+    procedure: Literal[PROCEDURES]  # type: ignore[valid-type]
+    serial: Annotated[int, BeforeValidator(_serial)]
+    issued_at: Annotated[dt.datetime, BeforeValidator(_utc)]
+    nonce: Annotated[bytes, BeforeValidator(_nonce)]
+    applicant: _ApplicantBody
+
+
+def _first_field(exc: ValidationError) -> str:
+    """The field named in a malformed answer: an unknown or missing key first (in name order), then the
+    first wrong field."""
+    found = exc.errors()
+    for kind in ("extra_forbidden", "missing"):
+        names = sorted(".".join(map(str, e["loc"])) for e in found if e["type"] == kind)
+        if names:
+            return names[0]
+    return ".".join(map(str, found[0]["loc"])) or "content"
+
+
 def parse_document(content: bytes, expected: str) -> Document:
     """Parse and check the JSON application; raises the malformed error naming the field."""
     try:
@@ -184,35 +240,13 @@ def parse_document(content: bytes, expected: str) -> Document:
         raise _malformed(expected, "content") from None
     if not isinstance(data, dict):
         raise _malformed(expected, "content")
-    if set(data) != {"procedure", "serial", "issued_at", "nonce", "applicant"}:
-        missing = sorted({"procedure", "serial", "issued_at", "nonce", "applicant"} ^ set(data))
-        raise _malformed(expected, missing[0])
-    if data["procedure"] != expected:
+    try:
+        body = _DocumentBody.model_validate(data)
+    except ValidationError as exc:
+        raise _malformed(expected, _first_field(exc)) from None
+    if body.procedure != expected:
         raise _malformed(expected, "procedure")
-    try:
-        serial = parse_serial_hex(data["serial"])
-    except (TypeError, ValueError):
-        raise _malformed(expected, "serial") from None
-    try:
-        issued_at = parse_rfc3339(data["issued_at"])
-    except ValueError:
-        raise _malformed(expected, "issued_at") from None
-    try:
-        if not isinstance(data["nonce"], str):
-            raise ValueError
-        nonce = base64.b64decode(data["nonce"], validate=True)
-    except (ValueError, binascii.Error):
-        raise _malformed(expected, "nonce") from None
-    if not NONCE_BYTES[0] <= len(nonce) <= NONCE_BYTES[1]:
-        raise _malformed(expected, "nonce")
-    app = data["applicant"]
-    fields = ("name", "address", "birth_date", "sex")
-    if not isinstance(app, dict) or set(app) != set(fields):
-        raise _malformed(expected, "applicant")
-    for f in fields:
-        if not isinstance(app[f], str) or not app[f] or len(app[f]) > 200:
-            raise _malformed(expected, f"applicant.{f}")
-    return Document(expected, serial, issued_at.astimezone(dt.timezone.utc), nonce, Applicant(**app))
+    return Document(expected, body.serial, body.issued_at, body.nonce, Applicant(**body.applicant.model_dump()))
 
 
 def parse_application(der: bytes, expected: str) -> Application:
@@ -232,22 +266,13 @@ def _parse(der: bytes, expected: str) -> Application:
     if info["content_type"].native != "signed_data":
         raise _malformed(expected, "contentType")
     sd = info["content"]
-    encap = sd["encap_content_info"]
-    if encap["content_type"].native != "data":
-        raise _malformed(expected, "eContentType")
-    if isinstance(encap["content"], core.Void):  # detached content is not accepted
-        raise _malformed(expected, "eContent")
-    content = encap["content"].native
-    if not isinstance(content, bytes):
-        content = encap["content"].contents
+    content = _encapsulated_content(sd, expected)
     signers = sd["signer_infos"]
     if len(signers) != 1:
         raise _malformed(expected, "signerInfos")
     signer = signers[0]
     certs = sd["certificates"]
-    if isinstance(certs, core.Void) or len(certs) == 0:  # .native would decode every certificate
-        raise _malformed(expected, "certificates")
-    if len(certs) > 4:
+    if isinstance(certs, core.Void) or not 0 < len(certs) <= 4:  # .native would decode every certificate
         raise _malformed(expected, "certificates")
     cert_der = _signer_certificate(certs, signer["sid"])
     if cert_der is None:
@@ -257,26 +282,7 @@ def _parse(der: bytes, expected: str) -> Application:
     sig_alg = signer["signature_algorithm"]["algorithm"].native
     if sig_alg not in ("rsassa_pkcs1v15", "sha256_rsa", "sha256_ecdsa"):
         raise _malformed(expected, "signatureAlgorithm")
-    attrs = signer["signed_attrs"]
-    message_digest = None
-    if not isinstance(attrs, core.Void) and len(attrs):
-        values = {}
-        for attr in attrs:
-            name = attr["type"].native
-            if name in values or len(attr["values"]) != 1:
-                raise _malformed(expected, "signedAttrs")
-            values[name] = attr["values"][0]
-        # RFC 5652 5.3: with signed attributes, content-type and message-digest are required.
-        if "content_type" not in values or "message_digest" not in values:
-            raise _malformed(expected, "signedAttrs")
-        if values["content_type"].native != "data":
-            raise _malformed(expected, "signedAttrs")
-        message_digest = values["message_digest"].native
-        # The signature is over the DER of the SET OF attributes (tag 0x31), not the [0] IMPLICIT form.
-        raw = attrs.dump()
-        signed = b"\x31" + raw[1:]
-    else:
-        signed = content
+    signed, message_digest = _signed_bytes(signer["signed_attrs"], content, expected)
     certificate = x509.load_der_x509_certificate(cert_der)
     try:
         aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
@@ -287,6 +293,37 @@ def _parse(der: bytes, expected: str) -> Application:
     return Application(document=document, certificate=certificate, certificate_der=cert_der,
                        authority_key_id=aki, signed_data=signed, signature=signer["signature"].native,
                        signature_algorithm=sig_alg, content=content, message_digest=message_digest)
+
+
+def _encapsulated_content(sd, expected: str) -> bytes:
+    """The application document carried in the SignedData (id-data, never detached)."""
+    encap = sd["encap_content_info"]
+    if encap["content_type"].native != "data":
+        raise _malformed(expected, "eContentType")
+    if isinstance(encap["content"], core.Void):  # detached content is not accepted
+        raise _malformed(expected, "eContent")
+    content = encap["content"].native
+    return content if isinstance(content, bytes) else encap["content"].contents
+
+
+def _signed_bytes(attrs, content: bytes, expected: str) -> tuple[bytes, bytes | None]:
+    """What the signature covers, and the messageDigest it then vouches for (RFC 5652 5.4): the DER
+    SET OF signed attributes when there are any, else the content itself."""
+    if isinstance(attrs, core.Void) or not len(attrs):
+        return content, None
+    values = {}
+    for attr in attrs:
+        name = attr["type"].native
+        if name in values or len(attr["values"]) != 1:
+            raise _malformed(expected, "signedAttrs")
+        values[name] = attr["values"][0]
+    # RFC 5652 5.3: with signed attributes, content-type and message-digest are required.
+    if "content_type" not in values or "message_digest" not in values:
+        raise _malformed(expected, "signedAttrs")
+    if values["content_type"].native != "data":
+        raise _malformed(expected, "signedAttrs")
+    # The signature is over the DER of the SET OF attributes (tag 0x31), not the [0] IMPLICIT form.
+    return b"\x31" + attrs.dump()[1:], values["message_digest"].native
 
 
 def _signer_certificate(certs, sid) -> bytes | None:

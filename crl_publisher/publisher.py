@@ -22,6 +22,7 @@ current generation. The file's mtime is set to thisUpdate (Last-Modified when se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import glob
 import logging
@@ -467,24 +468,13 @@ class Publisher:
             expected = await crls.estimated_revocations(conn)
         expected = max(expected, previous.entries if previous else 0)
         ranges = crls.serial_ranges(min(4096, expected // c.page_rows + 1))
-        width = min(c.stream_connections, len(ranges))
-        conns, extra = [conn], []
-        try:
-            if width > 1:
-                snapshot_id = await crls.export_snapshot(conn)
-                for _ in range(width - 1):
-                    other = await self.pool.acquire()
-                    tr = other.transaction(isolation="repeatable_read", readonly=True)
-                    extra.append((other, tr))
-                    await tr.start()
-                    await crls.join_snapshot(other, snapshot_id)
-                    conns.append(other)
-            gen_id = target.issuer.db_id
+        async with self._same_snapshot(conn, min(c.stream_connections, len(ranges))) as conns:
+            width = len(conns)
 
             def fetch(i):
                 low, high = ranges[i]
-                return asyncio.ensure_future(crls.entry_page(conns[i % width], gen_id, target.partition, now,
-                                                             low, high))
+                return asyncio.ensure_future(crls.entry_page(conns[i % width], target.issuer.db_id,
+                                                             target.partition, now, low, high))
 
             inflight = [fetch(i) for i in range(width)]
             try:
@@ -498,11 +488,28 @@ class Publisher:
                         if progress:
                             progress(n)
             except BaseException:
-                for task in inflight:
-                    if task is not None:
-                        task.cancel()
-                await asyncio.gather(*[t for t in inflight if t is not None], return_exceptions=True)
+                pending = [t for t in inflight if t is not None]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
                 raise
+
+    @contextlib.asynccontextmanager
+    async def _same_snapshot(self, conn, width: int):
+        """``conn`` and up to ``width - 1`` more pooled connections reading in its transaction's snapshot
+        (REPEATABLE READ, exported and joined); the extra ones are rolled back and returned after."""
+        conns, extra = [conn], []
+        try:
+            if width > 1:
+                snapshot_id = await crls.export_snapshot(conn)
+                for _ in range(width - 1):
+                    other = await self.pool.acquire()
+                    tr = other.transaction(isolation="repeatable_read", readonly=True)
+                    extra.append((other, tr))
+                    await tr.start()
+                    await crls.join_snapshot(other, snapshot_id)
+                    conns.append(other)
+            yield conns
         finally:
             for other, tr in extra:
                 try:
