@@ -134,7 +134,7 @@ def setup(app, rt) -> None:
     svc = app[SERVICE] = CRLEndpoints(Publisher.from_runtime(rt))
     app.router.add_get("/crl/{ca}/{name}", get_crl)
     app.router.add_get("/crl/{ca}/{gen}/{name}", get_crl)
-    # The schedule runs in `shomei serve` (worker 0 of each host; leases order the hosts), not in
-    # applications built for tests or tools.
-    if svc.publisher.settings.schedule and rt.worker_index == 0:
+    # The schedule runs in every worker of `shomei serve` (the leases make one of them publish each CRL,
+    # so a worker that dies takes no schedule with it), not in applications built for tests or tools.
+    if svc.publisher.settings.schedule and rt.worker_index is not None:
         run_in_background(app, "crl-scheduler", lambda: _scheduler(svc.publisher))

@@ -10,6 +10,7 @@ import pydantic
 from aiohttp import web
 
 from ca_core import errors
+from storage.db import DATABASE_DOWN
 
 log = logging.getLogger("shomei.http")
 
@@ -54,6 +55,12 @@ async def error_middleware(request: web.Request, handler):
         if status_for(exc) >= 500:
             log.warning("%s %s -> %s", request.method, request.path, exc.code)
         return error_response(exc)
+    except DATABASE_DOWN as exc:
+        # A connection refused, reset or timed out wherever it happened (pool acquisition included):
+        # the transaction, if any, was rolled back, so nothing is half-done; the client may retry.
+        log.warning("%s %s -> database unavailable (%s)", request.method, request.path, type(exc).__name__)
+        return error_response(errors.Unavailable("the database is unavailable; nothing was recorded, retry later",
+                                                 code="database_unavailable"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -10,6 +10,7 @@ from ca_core.errors import NotFound, ShomeiError
 from ca_core.kinds import KINDS
 from plumbing.http import error_middleware
 from plumbing.runtime import Runtime
+from shomei.supervisor import read_state
 from storage import db
 
 RT = web.AppKey("runtime", Runtime)  # the shell's own handlers (health, CA certificates) read it
@@ -44,6 +45,10 @@ async def healthz(request: web.Request) -> web.Response:
     checks["cas"] = {ca: (f"g{i.generation}" if (i := rt.issuers.current(ca)) else "missing")
                      for ca in KINDS}
     checks["status_listener"] = "ok" if rt.status.up else "down"  # down: no answers from memory, still correct
+    supervised = read_state()
+    if supervised is not None:  # under `serve --workers N`: how many of the N are alive
+        checks["workers"] = {"live": supervised["live"], "expected": supervised["expected"],
+                             "restarts": supervised["restarts"]}
     ok = checks["database"] == "ok" and checks["token"] == "ok" and "missing" not in checks["cas"].values()
     body = {"status": "ok" if ok else "unavailable", "checks": checks, "worker": rt.worker_index}
     return web.json_response(body, status=200 if ok else 503)

@@ -249,22 +249,28 @@ def serve(workers: int | None) -> None:
 def _serve_processes(cfg, n: int) -> None:
     import tempfile
 
+    from shomei.supervisor import STATE_ENV, Supervisor
+
     metrics_dir = tempfile.mkdtemp(prefix="shomei-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    state_file = Path(metrics_dir) / "supervisor.json"
+    os.environ[STATE_ENV] = str(state_file)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(cfg, i), name=f"shomei-worker-{i}") for i in range(n)]
-    for p in procs:
-        p.start()
+
+    def start(i: int):
+        proc = ctx.Process(target=_worker_main, args=(cfg, i), name=f"shomei-worker-{i}")
+        proc.start()
+        return proc
+
+    supervisor = Supervisor(start, n, state_file)
 
     def _stop(*_):
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+        supervisor.stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    for p in procs:
-        p.join()
+    supervisor.run()
+    supervisor.stop()
 
 
 def _register_components() -> None:

@@ -1,0 +1,178 @@
+"""Faults an operator meets: a worker of `shomei serve --workers 2` killed (it is replaced, and the CRL
+schedule goes on), and the database down for a while (503 with Retry-After and tryLater meanwhile,
+never 500, and full service after it without restarting shomei)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shomei.embedded import EmbeddedPostgres, free_port
+from storage import crls
+from tests.helpers import KeyPool, headers, issue_body
+from tests.ocsp_helpers import get_path, request_der, status_of
+
+EXE = str(Path(sys.executable).with_name("shomei"))
+
+
+async def _start(env: dict, port: int, timeout: float = 90) -> subprocess.Popen:
+    proc = subprocess.Popen([EXE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    _stop(proc)
+    raise AssertionError("serve did not become ready")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes of a `shomei serve` master (not multiprocessing's resource tracker)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmdline:
+                out.append(int(entry.name))
+    return out
+
+
+async def _health(port: int) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+            return resp.status, await resp.json()
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_is_replaced_and_the_schedule_goes_on(rt, stack_env, tmp_path):
+    config = tmp_path / "shomei.toml"
+    config.write_text("[crl]\ntick_seconds = 1\n")
+    port = free_port()
+    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_CONFIG": str(config),
+           "SHOMEI_VAR_DIR": str(tmp_path / "var"), "SHOMEI_WORKERS": "2"}
+    proc = await _start(env, port)
+    try:
+        _st, health = await _health(port)
+        assert health["checks"]["workers"] == {"live": 2, "expected": 2, "restarts": 0}
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            _st, health = await _health(port)
+            if health["checks"]["workers"]["restarts"] == 1 and health["checks"]["workers"]["live"] == 2:
+                break
+        else:
+            pytest.fail(f"the dead worker was not replaced: {health}")
+        assert workers[0] not in _children(proc.pid) and len(_children(proc.pid)) == 2
+        # The schedule lives in every worker: a new complete CRL makes the next tick publish its delta.
+        issuer = rt.issuers.current("auth")
+        res = await asyncio.create_subprocess_exec(EXE, "crl", "publish", "--ca", "auth", "--full", "--no-progress",
+                                                   env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.PIPE)
+        _out, err = await res.communicate()
+        assert res.returncode == 0, err
+        async with rt.pool.acquire() as conn:
+            base = await crls.latest(conn, issuer.db_id, "full", "base")
+        for _ in range(100):
+            async with rt.pool.acquire() as conn:
+                delta = await crls.latest(conn, issuer.db_id, "full", "delta")
+            if delta is not None and delta.number > base.number:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("no worker published the due delta")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert "shomei_worker_restarts_total 1.0" in await resp.text()
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+async def test_database_outage_is_503_and_trylater_then_service_resumes(rt, stack_env, tmp_path, terminal):
+    """The service's own PostgreSQL cluster (not the session's), stopped and started again under it."""
+    pg = EmbeddedPostgres(tmp_path / "pg", free_port())
+    url = await asyncio.to_thread(pg.ensure_started)
+    port = free_port()
+    env = {**stack_env, "DATABASE_URL": url, "SHOMEI_LISTEN": f"127.0.0.1:{port}",
+           "SHOMEI_VAR_DIR": str(tmp_path / "var"), "SHOMEI_DEMO_CLIENTS": "1"}
+    proc = await _start(env, port)
+    keys = KeyPool()
+    try:
+        token = (tmp_path / "var" / "demo-terminal.token").read_text().strip()
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(base) as http:
+            async with http.post("/v1/certificates", json=issue_body(keys, kinds=("auth",)),
+                                 headers=headers(token)) as resp:
+                assert resp.status == 201, await resp.text()
+                issued = await resp.json()
+            from cryptography import x509
+            cert = x509.load_pem_x509_certificate(issued["certificates"][0]["certificate"].encode())
+            async with http.get("/ca/auth.crt") as resp:
+                ca = x509.load_der_x509_certificate(await resp.read())
+            await asyncio.to_thread(pg.stop)
+            statuses = []
+            for _ in range(5):
+                async with http.post("/v1/certificates", json=issue_body(keys, kinds=("auth",)),
+                                     headers=headers(token)) as resp:
+                    statuses.append(resp.status)
+                    if resp.status == 503:
+                        assert int(resp.headers["Retry-After"]) > 0
+                async with http.post("/v1/revocations", json={"request_id": f"r-{time.time_ns()}",
+                                                              "serial": format(cert.serial_number, "x"),
+                                                              "reason": "holder_request"},
+                                     headers=headers(token)) as resp:
+                    statuses.append(resp.status)
+                async with http.get(get_path(request_der(cert, ca, nonce=os.urandom(16)))) as resp:
+                    assert resp.status == 200 and status_of(await resp.read()) == "try_later"
+            assert set(statuses) == {503}, statuses
+            async with http.get("/healthz") as resp:
+                assert resp.status == 503
+            await asyncio.to_thread(pg.ensure_started)
+            for _ in range(100):  # back within seconds, without restarting shomei
+                async with http.post("/v1/certificates", json=issue_body(keys, kinds=("auth",)),
+                                     headers=headers(token)) as resp:
+                    if resp.status == 201:
+                        break
+                    assert resp.status == 503, await resp.text()
+                await asyncio.sleep(0.2)
+            else:
+                pytest.fail("service did not resume after the database came back")
+            async with http.get("/healthz") as resp:
+                assert resp.status == 200, json.dumps(await resp.json())
+    finally:
+        _stop(proc)
+        await asyncio.to_thread(pg.stop)
