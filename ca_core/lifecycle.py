@@ -85,6 +85,11 @@ def check_hold_release(kind: str) -> None:
             message_ja="署名用電子証明書の一時保留は解除できません。失効の届出により終了し、再発行を受けてください。")
 
 
+# No certificate is valid before 1950 (where RFC 5280's UTCTime starts): an earlier invalidity date is a
+# typing error, and one before the year 1000 would not even encode as a GeneralizedTime in a CRL entry.
+EARLIEST_INVALIDITY = dt.datetime(1950, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def check_invalidity_date(value: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
     """invalidityDate (RFC 5280 5.3.2): not in the future; whole seconds, UTC."""
     if value is None:
@@ -92,7 +97,13 @@ def check_invalidity_date(value: dt.datetime | None, now: dt.datetime) -> dt.dat
     if value.tzinfo is None:
         raise PolicyViolation("invalidity_date needs a time zone (RFC 3339)", field="invalidity_date",
                               code="invalid_invalidity_date")
-    value = value.astimezone(dt.timezone.utc).replace(microsecond=0)
+    try:
+        value = value.astimezone(dt.timezone.utc).replace(microsecond=0)
+    except OverflowError:  # year 1 or 9999 with an offset: no time in UTC
+        value = None
+    if value is None or value < EARLIEST_INVALIDITY:
+        raise PolicyViolation("invalidity_date must be between 1950 and now", field="invalidity_date",
+                              code="invalid_invalidity_date")
     if value > now:
         raise PolicyViolation("invalidity_date may not be in the future", field="invalidity_date",
                               code="invalid_invalidity_date")

@@ -361,7 +361,14 @@ class Publisher:
                 # before thisUpdate is in this CRL.
                 hold = _StatusChangesHeld(conn)
                 await hold.start()
+                # A host clock stepped back (an NTP correction) never dates a CRL before the previous
+                # issue of its scope (RFC 5280 5.1.2.4: thisUpdate is the date of this issue).
+                newest = await crls.latest(conn, gen_id, target.scope)
                 now = self.clock.now()
+                if newest is not None and now < newest.this_update:
+                    log.warning("clock behind the last CRL of %s by %s; thisUpdate kept at the last one's",
+                                target.path, newest.this_update - now)
+                    now = newest.this_update
                 marks = [("start", time.perf_counter())]
                 async with conn.transaction():
                     # online revocations accepted before this issue become effective in it (committed

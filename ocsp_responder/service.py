@@ -92,6 +92,7 @@ class Responder:
         self.verifier_mode = self.cfg.access == "verifier"
         self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
         self.malformed = _error(ResponseStatus.malformed_request)
+        self._produced_at = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # the newest producedAt signed
         self.channel = channel
         if channel is not None:
             channel.subscribe(self._on_notify, self._on_channel)
@@ -184,6 +185,9 @@ class Responder:
                     key=None) -> Answer:
         started = time.perf_counter()
         now = self.clock.now()
+        if now < self._produced_at:  # the host clock stepped back: never an answer older than one served
+            now = self._produced_at
+        self._produced_at = now
         validity = dt.timedelta(seconds=self.cfg.validity_seconds)
         single = len(parsed.certs) == 1 and parsed.nonce is None
         if single:

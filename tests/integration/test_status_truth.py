@@ -15,6 +15,7 @@ from cryptography.x509 import ocsp
 
 from ca_core.clock import FixedClock
 from crl_publisher.publisher import Publisher, Target, activate_pending
+from storage import crls
 from tests.helpers import issue, issue_body
 from tests.integration.revocation_support import new_holder, post, rid, status_of
 from tests.ocsp_helpers import check_response, delivered, openssl_ocsp, request_der, responder
@@ -92,10 +93,12 @@ async def test_online_revocation_date_is_when_it_took_effect(http, rt, terminal,
     h = await new_holder(http, terminal, keys, kinds=("auth",))
     resp = await http.post("/v1/online/revocations", data=h.application("auth", "revocation"), headers=CT)
     assert resp.status == 202
-    later = FixedClock(rt.clock.now() + dt.timedelta(minutes=7))
+    issuer = rt.issuers.current("auth")
+    async with rt.pool.acquire() as conn:  # CRL dates never go back: after every CRL of the session
+        last = await crls.latest(conn, issuer.db_id, "full")
+    later = FixedClock(max(rt.clock.now(), last.this_update if last else rt.clock.now()) + dt.timedelta(minutes=7))
     pub = Publisher.from_runtime(dataclasses.replace(rt, clock=later))
     pub.out = tmp_path
-    issuer = rt.issuers.current("auth")
     outcome = await pub.publish(Target(issuer, "full", "base"))
     crl = x509.load_der_x509_crl((tmp_path / outcome.target.path).read_bytes())
     entry = crl.get_revoked_certificate_by_serial_number(h.serial("auth"))

@@ -39,6 +39,15 @@ async def _listed_by_database(parts, ca: str, at: dt.datetime) -> set[int]:
     return {int.from_bytes(r["serial"], "big") for r in rows}
 
 
+async def _after_the_last_crl(parts, clock) -> None:
+    """The services' database is shared by the tests, each with its clock at T0; CRL dates never go
+    back, so a test that checks thisUpdate starts after every CRL published before it."""
+    async with parts.pool.acquire() as conn:
+        last = await conn.fetchval("SELECT max(this_update) FROM crl")
+    if last is not None and last >= clock.now():
+        clock.at = last + dt.timedelta(minutes=1)
+
+
 def _reasons(crl) -> dict[int, x509.ReasonFlags | None]:
     out = {}
     for entry in crl:
@@ -50,6 +59,7 @@ def _reasons(crl) -> dict[int, x509.ReasonFlags | None]:
 
 
 async def test_full_crl_lists_exactly_the_revoked_serials_and_verifies(publisher, issuance, window, parts, clock):
+    await _after_the_last_crl(parts, clock)
     a, b, c = [await issue_holder(issuance, parts) for _ in range(3)]
     invalid_since = clock.now() - dt.timedelta(days=1)
     await window.handle(parts.terminal, OPERATOR, _revoke(a.serial("signing"), "key_compromise", invalid_since))
@@ -88,6 +98,7 @@ async def test_full_crl_lists_exactly_the_revoked_serials_and_verifies(publisher
 
 
 async def test_delta_after_one_more_revocation_lists_exactly_that_serial(publisher, issuance, window, parts, clock):
+    await _after_the_last_crl(parts, clock)
     holder = await issue_holder(issuance, parts)
     for ca in ("signing", "auth"):
         _base_crl, base = await _publish(publisher, parts, ca, "base")
@@ -111,3 +122,13 @@ async def test_delta_after_one_more_revocation_lists_exactly_that_serial(publish
     assert auth_delta.is_signature_valid(parts.ca("auth").public_key())
     assert len(auth_delta) == 0
 
+
+
+async def test_a_clock_stepped_back_never_dates_a_crl_before_the_last(publisher, parts, clock):
+    first, rec1 = await _publish(publisher, parts, "auth", "base")
+    clock.advance(hours=-1)  # an NTP correction steps the host clock back
+    second, rec2 = await _publish(publisher, parts, "auth", "base")
+    assert rec2.number > rec1.number
+    assert second.last_update_utc == first.last_update_utc  # not before it
+    delta, _ = await _publish(publisher, parts, "auth", "delta")
+    assert delta.last_update_utc >= second.last_update_utc

@@ -148,3 +148,20 @@ async def test_a_request_for_an_issuer_not_served_is_unauthorized(responder, par
     assert not answer.successful
     assert ocsp.load_der_ocsp_response(answer.body).response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
     assert parts.signer.signatures == signatures
+
+
+def _with_nonce(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    import os
+    req = (ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
+           .add_extension(x509.OCSPNonce(os.urandom(16)), critical=False).build())
+    return req.public_bytes(serialization.Encoding.DER)
+
+
+async def test_a_clock_stepped_back_never_makes_an_answer_older_than_one_served(responder, issuance, parts, clock):
+    holder = await issue_holder(issuance, parts)
+    clock.advance(minutes=5)
+    first = await ask(responder, _with_nonce(holder.certs["auth"], parts.ca("auth")))
+    clock.advance(minutes=-30)  # an NTP correction steps the host clock back
+    second = await ask(responder, _with_nonce(holder.certs["auth"], parts.ca("auth")))
+    assert second.produced_at_utc == first.produced_at_utc and second.this_update_utc >= first.this_update_utc
+    await check_signed(second, parts, "auth")

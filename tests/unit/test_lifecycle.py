@@ -93,3 +93,16 @@ def test_entry_encoding_equals_asn1crypto(reason, serial, at):
     entry = acrl.RevokedCertificate.load(der, strict=True)
     assert entry["user_certificate"].native == serial
     assert entry["revocation_date"].native == at.astimezone(UTC)
+
+
+@pytest.mark.parametrize("text", ["0132-01-01T00:00:00Z", "1949-12-31T23:59:59Z", "0001-01-01T00:00:00+09:00"])
+def test_invalidity_dates_before_1950_are_refused(text):
+    import datetime as dt
+
+    from ca_core import lifecycle
+    from ca_core.errors import PolicyViolation
+
+    with pytest.raises(PolicyViolation) as exc:
+        lifecycle.check_invalidity_date(dt.datetime.fromisoformat(text.replace("Z", "+00:00")),
+                                        dt.datetime(2026, 11, 22, tzinfo=dt.timezone.utc))
+    assert exc.value.code == "invalid_invalidity_date"
