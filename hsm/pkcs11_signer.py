@@ -25,6 +25,11 @@ from ca_core.errors import ConfigError, HSMError
 log = logging.getLogger(__name__)
 
 HSM_SIGNATURES = Counter("shomei_hsm_signatures_total", "Signatures made by the token", ["result"])
+RELOGINS = Counter("shomei_hsm_relogins_total", "Token sessions opened again after the session or login was lost")
+# What a lost session or login raises: reopening it may cure it.
+_SESSION_LOST = (pkcs11.exceptions.SessionHandleInvalid, pkcs11.exceptions.SessionClosed,
+                 pkcs11.exceptions.UserNotLoggedIn, pkcs11.exceptions.DeviceRemoved,
+                 pkcs11.exceptions.TokenNotPresent)
 HSM_LATENCY = Histogram("shomei_hsm_sign_seconds", "Token signing latency (queue wait included)",
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
 
@@ -38,7 +43,8 @@ class StartupError(ConfigError):
 class PKCS11Signer:
     """One logged-in session on one thread."""
 
-    def __init__(self, module: str, token_label: str, pin: str):
+    def __init__(self, module: str, token_label: str, pin: str, *, call_timeout: float = 10.0):
+        self.call_timeout = call_timeout
         self._module = module
         self._token_label = token_label
         self._pin = pin
@@ -102,19 +108,46 @@ class PKCS11Signer:
             self._keys[label] = key
         return key
 
+    def _with_session(self, fn):
+        """Run ``fn`` on the session; when the session or the login is gone (token reset, HSM failover),
+        log in again and retry once, so the service recovers without a restart."""
+        if self._session is None:
+            self._reopen_sync()
+        try:
+            return fn()
+        except _SESSION_LOST as exc:
+            log.warning("token session lost (%s); logging in again", type(exc).__name__)
+            RELOGINS.inc()
+            self._reopen_sync()
+            return fn()
+
     def _sign_sync(self, label: str, alg: SignatureAlgorithm, digest: bytes) -> bytes:
-        key = self._private_key(label)
         mech = Mechanism.RSA_PKCS if alg.is_rsa else Mechanism.ECDSA
-        return alg.encode_signature(key.sign(alg.token_input(digest), mechanism=mech))
+        return self._with_session(
+            lambda: alg.encode_signature(self._private_key(label).sign(alg.token_input(digest), mechanism=mech)))
+
+    def _reopen_sync(self) -> None:
+        self._keys.clear()
+        old, self._session = self._session, None
+        if old is not None:
+            try:
+                old.close()
+            except pkcs11.PKCS11Error:
+                pass
+        try:
+            self._open_sync()
+        except StartupError as exc:
+            raise HSMError(f"the token cannot be used now: {exc.message}") from None
 
     async def sign_digest(self, key_label: str, alg: SignatureAlgorithm, digest: bytes) -> bytes:
         start = time.perf_counter()
         try:
-            sig = await self._run(self._sign_sync, key_label, alg, digest)
+            # Bounded: a hung token makes requests fail (503) instead of hanging them.
+            sig = await asyncio.wait_for(self._run(self._sign_sync, key_label, alg, digest), self.call_timeout)
         except HSMError:
             HSM_SIGNATURES.labels("error").inc()
             raise
-        except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
+        except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:  # asyncio.TimeoutError is an OSError
             HSM_SIGNATURES.labels("error").inc()
             self._keys.pop(key_label, None)
             log.error("token signing failed: %s", type(exc).__name__)
@@ -171,13 +204,10 @@ class PKCS11Signer:
             raise HSMError(f"the token failed to generate key {key_label!r} ({type(exc).__name__})") from None
 
     async def ping(self) -> None:
-        def _ping():
-            if self._session is None:
-                raise HSMError("the token session is not open")
-            self._session.generate_random(64)
         try:
-            await self._run(_ping)
-        except pkcs11.PKCS11Error as exc:
+            await asyncio.wait_for(self._run(self._with_session, lambda: self._session.generate_random(64)),
+                                   self.call_timeout)
+        except (pkcs11.PKCS11Error, asyncio.TimeoutError) as exc:
             raise HSMError(f"the token does not answer ({type(exc).__name__})") from None
 
 

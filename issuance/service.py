@@ -260,7 +260,8 @@ class IssuanceService:
                                                   [c.kind for c in signed], max(now, self.clock.now()))
                             if await issuance_store.record(conn, signed, **record) is None:
                                 raise _Raced()  # rolls the superseding revocations back
-                    await self.status_sync()  # the superseded certificates answer revoked everywhere
+            if pre.has_live:
+                await self.status_sync()  # the superseded certificates answer revoked everywhere
         except _Raced:
             with unavailable_when_down("the database is unavailable; nothing was issued"):
                 async with self.pool.acquire() as conn:
