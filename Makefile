@@ -17,13 +17,14 @@ test: sysdeps $(STAMP)
 soak: sysdeps $(STAMP)
 	SHOMEI_MODEL_SOAK=1 $(BIN)/python -m pytest -q --timeout=0 tests/model
 
-# The benchmarks of README.md, one after the other (about 25 minutes; wrk drives the OCSP one).
+# The benchmarks of README.md, one after the other (about 30 minutes; wrk drives the OCSP ones).
 bench: sysdeps $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
-	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 1,8,16,32
+	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 8,16
 	$(BIN)/python -m benchmarks.bench_revocation --online 300
 	$(BIN)/python -m benchmarks.bench_ocsp
+	$(BIN)/python -m benchmarks.bench_staleness
 	$(BIN)/python -m benchmarks.bench_crl --sizes 1000000,10000000
 
 # Debian packages: PostgreSQL server, SoftHSMv2, OpenSSL CLI and the venv module.
