@@ -380,11 +380,15 @@ class Publisher:
                 number = asyncio.ensure_future(self._allocate_number(gen_id, target.scope))
                 try:
                     published = await self._issue(conn, target, number, now, base, progress, marks, hold)
-                except BaseException:
+                except BaseException as exc:
                     CRL_PUBLISHED.labels(target.label, target.metric_kind, "error").inc()
+                    if isinstance(exc, Exception):
+                        await hold.end()
+                        await self._record_failure(conn, target, exc)
                     raise
                 finally:
                     await asyncio.gather(number, return_exceptions=True)
+                await crls.clear_failure(conn, gen_id, target.scope, target.kind)
                 if activated:
                     await self.status_sync()
             finally:
@@ -401,6 +405,17 @@ class Publisher:
         log.info("published %s number %d: %d entries, %d octets, %.3f s", target.path, published.number,
                  published.entries, published.bytes, seconds)
         return Outcome(target, published, None, seconds)
+
+    async def _record_failure(self, conn, target: Target, exc: Exception) -> None:
+        """Keep what failed where every process's /healthz sees it; the last good CRL stays served and
+        the schedule retries. Never raises (the publication's own error is what the caller sees)."""
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        log.error("CRL %s not published: %s", target.path, reason)
+        try:
+            await crls.record_failure(conn, target.issuer.db_id, target.scope, target.kind, target.path,
+                                      self.clock.now(), reason)
+        except Exception as err:  # the database may be what failed
+            log.warning("could not record the failure of %s: %s", target.path, type(err).__name__)
 
     async def _allocate_number(self, gen_id: int, scope: str) -> int:
         async with self.pool.acquire() as conn:

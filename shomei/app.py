@@ -11,7 +11,7 @@ from ca_core.kinds import KINDS
 from plumbing.http import error_middleware
 from plumbing.runtime import Runtime
 from shomei.supervisor import read_state
-from storage import db
+from storage import crls, db
 
 RT = web.AppKey("runtime", Runtime)  # the shell's own handlers (health, CA certificates) read it
 
@@ -30,11 +30,15 @@ def _registry():
 
 async def healthz(request: web.Request) -> web.Response:
     rt = request.app[RT]
-    checks = {}
+    checks, warnings = {}, []
     try:
         async with rt.pool.acquire(timeout=5) as conn:
             await db.ping(conn)
+            failing = await crls.failures(conn)
         checks["database"] = "ok"
+        for f in failing:  # still served: the last good CRL; the schedule retries
+            warnings.append(f"CRL {f.path} not published since {f.first_failed_at:%Y-%m-%dT%H:%M:%SZ} "
+                            f"({f.attempts} attempts): {f.error}")
     except Exception as exc:  # any failure is a health answer, not an error
         checks["database"] = f"error: {type(exc).__name__}"
     try:
@@ -51,6 +55,8 @@ async def healthz(request: web.Request) -> web.Response:
                              "restarts": supervised["restarts"]}
     ok = checks["database"] == "ok" and checks["token"] == "ok" and "missing" not in checks["cas"].values()
     body = {"status": "ok" if ok else "unavailable", "checks": checks, "worker": rt.worker_index}
+    if warnings:
+        body["warnings"] = warnings
     return web.json_response(body, status=200 if ok else 503)
 
 

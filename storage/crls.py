@@ -229,3 +229,34 @@ async def latest_by_scope(conn, generation_id: int) -> dict[tuple[str, str], Pub
     rows = await conn.fetch(f"SELECT DISTINCT ON (scope, kind) {_COLS} FROM crl WHERE ca_generation_id = $1"
                             " ORDER BY scope, kind, crl_number DESC", generation_id)
     return {(r["scope"], r["kind"]): _published(r) for r in rows}
+
+
+# -- failed publications ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    first_failed_at: dt.datetime
+    last_failed_at: dt.datetime
+    attempts: int
+    error: str
+
+
+async def record_failure(conn, generation_id: int, scope: str, kind: str, path: str, at: dt.datetime,
+                         error: str) -> None:
+    await conn.execute(
+        "INSERT INTO crl_failure (ca_generation_id, scope, kind, path, first_failed_at, last_failed_at, error)"
+        " VALUES ($1,$2,$3,$4,$5,$5,$6) ON CONFLICT (ca_generation_id, scope, kind) DO UPDATE SET"
+        " last_failed_at = EXCLUDED.last_failed_at, attempts = crl_failure.attempts + 1, error = EXCLUDED.error",
+        generation_id, scope, kind, path, at, error)
+
+
+async def clear_failure(conn, generation_id: int, scope: str, kind: str) -> None:
+    await conn.execute("DELETE FROM crl_failure WHERE ca_generation_id = $1 AND scope = $2 AND kind = $3",
+                       generation_id, scope, kind)
+
+
+async def failures(conn) -> list[Failure]:
+    rows = await conn.fetch("SELECT path, first_failed_at, last_failed_at, attempts, error FROM crl_failure"
+                            " ORDER BY path")
+    return [Failure(r["path"], r["first_failed_at"], r["last_failed_at"], r["attempts"], r["error"]) for r in rows]
