@@ -8,11 +8,15 @@ from typing import Callable
 
 import pydantic
 from aiohttp import web
+from prometheus_client import Counter
 
 from ca_core import errors
 from storage.db import DATABASE_DOWN
 
 log = logging.getLogger("shomei.http")
+
+UNAVAILABLE = Counter("shomei_unavailable_total", "Answers 503 (a dependency down: database, token, ...) by code",
+                      ["code"])
 
 
 # The one mapping from the error tree to HTTP status codes (most specific class first).
@@ -41,6 +45,7 @@ def error_response(exc: errors.ShomeiError) -> web.Response:
     headers = {}
     if isinstance(exc, errors.Unavailable):
         headers["Retry-After"] = str(exc.retry_after)
+        UNAVAILABLE.labels(exc.code).inc()
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="shomei"'
     return web.json_response({"error": exc.as_dict()}, status=status, headers=headers)

@@ -24,7 +24,7 @@ def unavailable_when_down(message: str = "the database is unavailable; nothing w
         yield
     except DATABASE_DOWN as exc:
         log.error("database unavailable: %s", type(exc).__name__)
-        raise Unavailable(message) from None
+        raise Unavailable(message, code="database_unavailable") from None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -173,6 +173,8 @@ async def test_database_outage_is_503_and_trylater_then_service_resumes(rt, stac
                 pytest.fail("service did not resume after the database came back")
             async with http.get("/healthz") as resp:
                 assert resp.status == 200, json.dumps(await resp.json())
+            async with http.get("/metrics") as resp:  # the outage is counted
+                assert 'shomei_unavailable_total{code="database_unavailable"}' in await resp.text()
     finally:
         _stop(proc)
         await asyncio.to_thread(pg.stop)
