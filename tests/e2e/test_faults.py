@@ -178,3 +178,34 @@ async def test_database_outage_is_503_and_trylater_then_service_resumes(rt, stac
     finally:
         _stop(proc)
         await asyncio.to_thread(pg.stop)
+
+
+@pytest.mark.slow
+async def test_sigterm_finishes_the_requests_in_flight(rt, stack_env, tmp_path, terminal):
+    """Graceful stop: requests already received when SIGTERM arrives are answered (no reset, no 5xx)."""
+    port = free_port()
+    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_VAR_DIR": str(tmp_path / "var"),
+           "SHOMEI_WORKERS": "2"}
+    proc = await _start(env, port)
+    keys = KeyPool()
+    bodies = [issue_body(keys) for _ in range(16)]
+    sessions = [aiohttp.ClientSession(f"http://127.0.0.1:{port}") for _ in bodies]
+    try:
+        for s in sessions:  # one established keep-alive connection each
+            async with s.get("/healthz") as resp:
+                assert resp.status == 200
+
+        async def one(session, body):
+            async with session.post("/v1/certificates", json=body, headers=headers(terminal)) as resp:
+                return resp.status
+
+        inflight = [asyncio.create_task(one(s, b)) for s, b in zip(sessions, bodies)]
+        await asyncio.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGTERM)
+        statuses = await asyncio.gather(*inflight)
+        assert statuses == [201] * len(bodies), statuses
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+    finally:
+        for s in sessions:
+            await s.close()
+        _stop(proc)
