@@ -13,9 +13,11 @@ run: sysdeps $(STAMP)
 test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# Thousands of random event sequences against the reference model of the status rules (tests/model).
+# Thousands of random event sequences against the reference model of the status rules (tests/model),
+# then 100 crash trials (SIGKILL of the service or a worker under traffic; the table is printed).
 soak: sysdeps $(STAMP)
 	SHOMEI_MODEL_SOAK=1 $(BIN)/python -m pytest -q --timeout=0 tests/model
+	SHOMEI_CRASH_TRIALS=100 $(BIN)/python -m pytest -q -s --timeout=0 tests/e2e/test_crash_campaign.py
 
 # The benchmarks of README.md, one after the other (about 30 minutes; wrk drives the OCSP ones).
 bench: sysdeps $(STAMP)
