@@ -31,13 +31,31 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
+class BoundedPool:
+    """An asyncpg pool whose every wait is bounded: acquiring a connection (``acquire_timeout``) as well
+    as each statement (``command_timeout``). A hung database then makes requests fail (503) instead of
+    piling up forever; asyncio.TimeoutError is one of DATABASE_DOWN."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float):
+        self._pool = pool
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None):
+        return self._pool.acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+    def __getattr__(self, name):  # release, close, get_size, ...: the pool's own
+        return getattr(self._pool, name)
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 16, acquire_timeout: float = 10.0,
+                      command_timeout: float = 60.0) -> BoundedPool:
     """Open a pool; raises Unavailable with a readable message when the database cannot be reached."""
     try:
-        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
-                                         command_timeout=60)
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                         command_timeout=command_timeout)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unavailable(f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from None
+    return BoundedPool(pool, acquire_timeout)
 
 
 def migrate(url: str) -> list[str]:
