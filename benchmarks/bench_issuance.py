@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import secrets
-import statistics
 import subprocess
 import tempfile
 import time

@@ -144,7 +144,7 @@ async def _background(app: web.Application):
 
 
 def setup(app: web.Application, rt) -> None:
-    svc = app[SERVICE] = Responder.from_runtime(rt)
+    app[SERVICE] = Responder.from_runtime(rt)
     app[CLIENTS] = rt.clients
     app.router.add_post("/ocsp", post_ocsp)
     app.router.add_post("/ocsp/", post_ocsp)

@@ -27,7 +27,7 @@ def pg(stack_dir):
     from shomei.embedded import EmbeddedPostgres, free_port
 
     server = EmbeddedPostgres(stack_dir / "pg", free_port())
-    url = server.ensure_started()
+    server.ensure_started()
     yield server
     server.stop()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
+from cryptography.x509.oid import CRLEntryExtensionOID
 
 from ca_core.revocation import Reason, encode_entry
 from crl_publisher.publisher import Publisher, Target, output_dir
@@ -414,7 +414,6 @@ async def test_openssl_use_deltas(rt, http, terminal, keys, ca_pem, tmp_path):
 
 
 async def test_many_pages_over_two_connections_give_the_same_crl(rt, http, terminal, keys):
-    import dataclasses
 
     for _ in range(3):
         await _revoke(rt, (await _issue(http, terminal, keys, kinds=("auth",)))["auth"])

@@ -16,7 +16,6 @@ from cryptography.x509.oid import NameOID
 from ca_core.clock import FixedClock
 from crl_publisher.publisher import activate_pending
 from revocation import online_client
-from storage import revocations
 from tests.integration.revocation_support import APPLICANT, in_force, new_holder, post, rid, rows_of, status_of
 
 CT = {"Content-Type": "application/pkcs7-mime"}

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 
 from asn1crypto import crl as acrl
-from cryptography import x509
 
 from ca_core.revocation import Reason, encode_entry
 from tests.integration.revocation_support import in_force, new_holder, post, rid, rows_of, status_of

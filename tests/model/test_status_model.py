@@ -12,7 +12,6 @@ tests/integration/test_status_truth.py.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -38,7 +37,7 @@ from plumbing.status_channel import StatusChannel
 from revocation import online_client
 from storage import clients, db
 from tests.helpers import KeyPool, csr_pem, resident
-from tests.model.reference import CESSATION, FEED, HOLD, WINDOW_REASONS, Cert, Model
+from tests.model.reference import FEED, WINDOW_REASONS, Cert, Model
 from tests.ocsp_helpers import check_response, request_der
 
 SOAK = os.environ.get("SHOMEI_MODEL_SOAK") == "1"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
 
 from ca_core import crl as crl_core
 from crl_publisher.publisher import _Writer

@@ -5,7 +5,7 @@ import datetime as dt
 import os
 
 import pytest
-from asn1crypto import core, ocsp as aocsp
+from asn1crypto import ocsp as aocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
