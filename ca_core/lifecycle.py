@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from .errors import PolicyViolation
+from .errors import Forbidden, PolicyViolation
 from .kinds import AUTH, KINDS, SIGNING
 from .revocation import Reason
 
@@ -108,3 +108,19 @@ def check_invalidity_date(value: dt.datetime | None, now: dt.datetime) -> dt.dat
         raise PolicyViolation("invalidity_date may not be in the future", field="invalidity_date",
                               code="invalid_invalidity_date")
     return value
+
+
+def check_scope(*, client_kind: str, client_municipality: str | None, action: str, issued_in: str,
+                lives_in: str | None) -> None:
+    """A terminal acts on a certificate issued in its municipality, or of a resident who has since moved
+    in; the call centre (kind national) may place holds anywhere and do nothing else. Raises Forbidden
+    (out_of_scope, not_allowed)."""
+    if client_kind == "national":
+        if action != "hold":
+            raise Forbidden("the call centre may place holds and do nothing else", code="not_allowed")
+        return
+    if client_municipality is not None and client_municipality in (issued_in, lives_in):
+        return
+    raise Forbidden(f"this terminal acts for municipality {client_municipality}; the certificate was issued in "
+                    f"{issued_in} and its holder does not live in {client_municipality}", code="out_of_scope",
+                    field="serial")

@@ -31,6 +31,7 @@ from ca_core.revocation import Reason, encode_entry
 from ca_core.serials import new_serial, serial_bytes, serial_hex
 from hsm.signer import Signer
 from storage import audit, certificates as cert_store, issuance as issuance_store, revocations as rev_store
+from plumbing.authority import check_scope
 from plumbing.status_channel import StatusSync, no_sync
 from storage.db import unavailable_when_down
 
@@ -282,7 +283,9 @@ class IssuanceService:
     async def _supersede(self, conn, client, operator_id: str, req: IssueRequest, rhash: bytes, kinds: list[str],
                          now: dt.datetime) -> None:
         """Renewal: the resident's previous certificates of these kinds are revoked (superseded)."""
-        for old in await cert_store.live_of_resident(conn, rhash, kinds, for_update=True):
+        olds = await cert_store.live_of_resident(conn, rhash, kinds, for_update=True)
+        await check_scope(conn, client, "supersede", olds)  # a new card here replaces only what is ours
+        for old in olds:
             await rev_store.apply_revocation(conn, old, reason=Reason.superseded, at=now, effective_at=now,
                                              source="supersede", source_ref=req.request_id,
                                              entry_der=encode_entry(old.serial, now, Reason.superseded))

@@ -25,9 +25,10 @@ from ca_core.clock import Clock, parse_rfc3339
 from ca_core.config import RevocationConfig
 from ca_core.kinds import SIGNING
 from ca_core.lifecycle import FEED_RULES, cascade_reason, cascades
+from ca_core.municipality import validate_code
 from ca_core.revocation import encode_entry
 from ca_core.resident import resident_hash
-from storage import audit, feed_events, revocations as rev_store
+from storage import audit, feed_events, residences, revocations as rev_store
 from plumbing.status_channel import StatusSync, no_sync
 from storage.db import unavailable_when_down
 
@@ -47,6 +48,7 @@ class FeedEvent:
     resident_hash: bytes
     kind: str
     occurred_at: dt.datetime
+    municipality_code: str | None = None  # a move: the municipality moved to (its terminals act from then)
 
 
 class Rejected(Exception):
@@ -67,10 +69,11 @@ class EventBody(BaseModel):
     resident_code: Annotated[str, Field(pattern=r"^[0-9]{11}$")]
     kind: Literal[tuple(FEED_RULES)]  # type: ignore[valid-type]
     occurred_at: Annotated[dt.datetime, BeforeValidator(_rfc3339)]
+    municipality_code: Annotated[str, Field(pattern=r"^[0-9]{6}$")] | None = None
 
 
 _REASONS = {"event_id": "invalid_event_id", "resident_code": "invalid_resident_code", "kind": "unknown_kind",
-            "occurred_at": "invalid_occurred_at"}
+            "occurred_at": "invalid_occurred_at", "municipality_code": "invalid_municipality_code"}
 
 
 def _reason(exc: ValidationError) -> str:
@@ -96,7 +99,15 @@ def parse_event(raw, seq: int, key: bytes, now: dt.datetime) -> FeedEvent:
     occurred_at = body.occurred_at
     if occurred_at > now + MAX_FUTURE:
         raise Rejected("occurred_at_in_future")
-    return FeedEvent(seq, body.event_id, resident_hash(key, body.resident_code), body.kind, occurred_at)
+    if body.municipality_code is not None:
+        if body.kind != "moved":
+            raise Rejected("municipality_code_only_for_moved")
+        try:
+            validate_code(body.municipality_code)
+        except errors.ShomeiError:
+            raise Rejected("invalid_municipality_code") from None
+    return FeedEvent(seq, body.event_id, resident_hash(key, body.resident_code), body.kind, occurred_at,
+                     body.municipality_code)
 
 
 def parse_batch(body: bytes, content_type: str, max_events: int) -> list:
@@ -228,6 +239,8 @@ class FeedService:
                 out[e.seq] = {"event_id": e.event_id, "outcome": "applied", "revoked": 0}
             else:
                 out[e.seq] = {"event_id": e.event_id, "outcome": "no_certificate"}
+        await residences.moved(conn, [(e.resident_hash, e.municipality_code, e.occurred_at, e.event_id)
+                                      for e in new if e.municipality_code is not None])
         await rev_store.revoke_many(conn, items, at=now, source="feed", client_id=client.id)
         await feed_events.set_applied(conn, applied)
         await feed_events.set_outcome(conn, issued_after, "issued_after_event")

@@ -22,6 +22,7 @@ from ca_core.clock import Clock, format_rfc3339
 from ca_core.kinds import KINDS, SIGNING
 from ca_core.revocation import Reason, encode_entry
 from ca_core.serials import serial_bytes, serial_hex
+from plumbing.authority import check_scope
 from storage import audit, certificates as cert_store, revocations as rev_store, window_requests
 from plumbing.status_channel import StatusSync, no_sync
 from storage.db import unavailable_when_down
@@ -138,22 +139,25 @@ class WindowService:
                                   code="idempotency_conflict")
         return WindowResult(False, stored.response)
 
-    async def _targets(self, conn, req: WindowRequest, rhash: bytes | None) -> list[CertificateRecord]:
-        """The certificates a request names (unlocked): one serial, or the resident's live ones of kinds."""
+    async def _targets(self, conn, client, req: WindowRequest, rhash: bytes | None) -> list[CertificateRecord]:
+        """The certificates a request names (unlocked): one serial, or the resident's live ones of kinds;
+        each within the client's authority (docs/domain.md, who may act on what)."""
         if req.serial is not None:
             cert = await cert_store.by_serial(conn, req.serial)
             if cert is None:
                 raise errors.NotFound(f"no certificate with serial {serial_hex(req.serial)}", field="serial",
                                       code="unknown_serial")
-            return [cert]
-        certs = await cert_store.live_of_resident(conn, rhash, req.kinds)
-        if not certs:
-            raise errors.NotFound("the resident has no certificate of these kinds that is not revoked",
-                                  field="resident_code", code="no_certificate")
+            certs = [cert]
+        else:
+            certs = await cert_store.live_of_resident(conn, rhash, req.kinds)
+            if not certs:
+                raise errors.NotFound("the resident has no certificate of these kinds that is not revoked",
+                                      field="resident_code", code="no_certificate")
+        await check_scope(conn, client, req.action, certs)
         return certs
 
     async def _revoke(self, *, conn, client, operator_id, req, now, rhash, rule, invalidity) -> dict:
-        targets = await self._targets(conn, req, rhash)
+        targets = await self._targets(conn, client, req, rhash)
         primary = {c.id for c in targets}
         ids = set(primary)
         if any(lifecycle.cascades(c.kind) for c in targets):
@@ -191,7 +195,7 @@ class WindowService:
         return {"revoked": done, "free_reissue": bool(rule.free_reissue and done)}
 
     async def _hold(self, *, conn, client, operator_id, req, now, rhash) -> dict:
-        targets = await self._targets(conn, req, rhash)
+        targets = await self._targets(conn, client, req, rhash)
         locked = await rev_store.lock_certificates(conn, [c.id for c in targets])
         if req.serial is not None:
             cert = locked[0]
@@ -212,7 +216,7 @@ class WindowService:
         return {"held": done}
 
     async def _release(self, *, conn, client, operator_id, req, now, rhash) -> dict:
-        targets = await self._targets(conn, req, rhash)
+        targets = await self._targets(conn, client, req, rhash)
         for cert in targets:
             lifecycle.check_hold_release(cert.kind)
         locked = await rev_store.lock_certificates(conn, [c.id for c in targets])
@@ -230,3 +234,4 @@ class WindowService:
                                serial=serial_bytes(cert.serial), request_id=req.request_id, details={"kind": cert.kind})
             done.append({"serial": serial_hex(cert.serial), "kind": cert.kind, "released_at": format_rfc3339(now)})
         return {"released": done}
+

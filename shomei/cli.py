@@ -107,7 +107,8 @@ def client() -> None:
 
 
 @client.command("add")
-@click.option("--kind", type=click.Choice(["terminal", "feed", "verifier"]), required=True)
+@click.option("--kind", type=click.Choice(["terminal", "national", "feed", "verifier"]), required=True,
+              help="terminal (a municipality's window), national (the call centre: holds anywhere), feed, verifier.")
 @click.option("--name", required=True)
 @click.option("--municipality", "municipality_code", help="Municipality code of a terminal.")
 @pass_context

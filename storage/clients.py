@@ -9,7 +9,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Client:
     id: int
-    kind: str  # terminal | feed | verifier
+    kind: str  # terminal | national | feed | verifier
     name: str
     municipality_code: str | None
 
