@@ -44,6 +44,12 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """The request did not arrive in time (a slow sender); nothing was done."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 

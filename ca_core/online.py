@@ -96,6 +96,9 @@ MESSAGES: dict[str, tuple] = {
     "unsupported_media_type": (
         "The application must be sent as Content-Type: application/pkcs7-mime.",
         "受信データの形式エラーです。申請データを application/pkcs7-mime として送信してください。"),
+    "request_timeout": (
+        "The application did not arrive in time. Check your connection and send it again.",
+        "受信データの受信がタイムアウトしました。通信環境を確認して、再度送信してください。"),
     "payload_too_large": (
         "The application data is too large. Create the application again and send it.",
         "受信データの形式エラーです。申請データが大きすぎます。申請データを作成し直して送信してください。"),

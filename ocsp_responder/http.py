@@ -19,7 +19,9 @@ import time
 from aiohttp import web
 
 from ca_core.ocsp import ResponseStatus
+from ca_core.errors import RequestTimeout
 from plumbing.auth import ClientCache, bearer_token
+from plumbing.http import read_limited
 
 from .service import ERROR_BODIES, Answer, Responder
 
@@ -114,11 +116,13 @@ async def post_ocsp(request: web.Request) -> web.Response:
         return early
     now = time.time()
     limit = svc.cfg.max_request_bytes
-    if request.content_type != "application/ocsp-request" or (
-            request.content_length is not None and request.content_length > limit):
+    if request.content_type != "application/ocsp-request":
         return _reply(request, svc, svc.malformed, verifier, now)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    try:
+        body = await read_limited(request, limit)  # however many TCP segments it comes in
+    except RequestTimeout:
+        body = None
+    if body is None:
         return _reply(request, svc, svc.malformed, verifier, now)
     entry = svc.cache.get(body, now)
     if entry is not None:

@@ -2,6 +2,7 @@
 status codes, and where request bodies are read under a size limit and parsed into models."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Callable
@@ -21,6 +22,7 @@ UNAVAILABLE = Counter("shomei_unavailable_total", "Answers 503 (a dependency dow
 
 # The one mapping from the error tree to HTTP status codes (most specific class first).
 STATUS = (
+    (errors.RequestTimeout, 408),
     (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415),
     (errors.PolicyViolation, 422),
@@ -90,6 +92,33 @@ def _refuse(cls, default: str, messages: Messages | None, **kw) -> errors.Shomei
     return cls(en, message_ja=ja, **kw)
 
 
+BODY_READ_SECONDS = 10.0  # a body that does not arrive within this is refused (slow senders hold no slot)
+
+
+async def read_limited(request: web.Request, limit: int, timeout: float | None = None) -> bytes | None:
+    """The whole body however it is split across TCP segments, or None when it is larger than ``limit``.
+    Raises RequestTimeout when it does not arrive within ``timeout``."""
+    async def _read() -> bytes | None:
+        # StreamReader.read(n) returns what has arrived (up to n bytes), not n bytes: read until EOF.
+        chunks, size = [], 0
+        while True:
+            chunk = await request.content.read(min(limit + 1 - size, 1 << 20))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
+
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    timeout = BODY_READ_SECONDS if timeout is None else timeout
+    try:
+        return await asyncio.wait_for(_read(), timeout)
+    except asyncio.TimeoutError:
+        raise errors.RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+
+
 async def read_body(request: web.Request, limit: int, content_types: tuple[str, ...], *,
                     messages: Messages | None = None) -> bytes:
     """The request body, refused (415, 413) when of another media type or larger than ``limit``;
@@ -98,20 +127,13 @@ async def read_body(request: web.Request, limit: int, content_types: tuple[str, 
     if ctype not in content_types:
         raise _refuse(errors.UnsupportedMediaType, f"Content-Type must be {' or '.join(content_types)}",
                       messages, field="Content-Type")
-    too_large = _refuse(errors.PayloadTooLarge, f"body larger than {limit} bytes", messages)
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    # StreamReader.read(n) returns what has arrived (up to n bytes), not n bytes: read until EOF.
-    chunks, size = [], 0
-    while True:
-        chunk = await request.content.read(min(limit + 1 - size, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-    return b"".join(chunks)
+    try:
+        body = await read_limited(request, limit)
+    except errors.RequestTimeout as exc:
+        raise _refuse(errors.RequestTimeout, exc.message, messages) from None
+    if body is None:
+        raise _refuse(errors.PayloadTooLarge, f"body larger than {limit} bytes", messages)
+    return body
 
 
 def _field(loc) -> str:
@@ -123,7 +145,7 @@ async def read_model(request: web.Request, model: type[pydantic.BaseModel], limi
     body = await read_body(request, limit, ("application/json",))
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested beyond any use
         raise errors.InvalidRequest("the body is not valid JSON", code="malformed_json") from None
     return parse_model(model, data)
 

@@ -133,10 +133,11 @@ class RevocationEndpoints:
 
     async def _online(self, request: web.Request, procedure: str, status: int) -> web.Response:
         window = self.online_window
+        # The body first: a slow sender holds no slot (and is cut off after plumbing.http.BODY_READ_SECONDS).
+        body = await read_body(request, self.settings.online_max_body_bytes, (CMS_CONTENT_TYPE,),
+                               messages=lambda code: online.messages(code, procedure))
         window.try_enter(procedure)
         try:
-            body = await read_body(request, self.settings.online_max_body_bytes, (CMS_CONTENT_TYPE,),
-                                   messages=lambda code: online.messages(code, procedure))
             answer = await window.handle(procedure, body)
         finally:
             window.leave()

@@ -192,7 +192,8 @@ async def serve_worker(cfg, index: int) -> None:
 
     rt = await open_runtime(cfg, migrate=False, worker_index=index)
     app = make_app(rt)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Bounded idle time: an idle keep-alive connection is closed after 15 s (aiohttp's default is 75 s).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=15)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_port=True, backlog=2048)
     await site.start()
