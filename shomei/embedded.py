@@ -193,12 +193,46 @@ class EmbeddedToken:
         if not any(tokens.iterdir()):
             user_pin = read_or_create_secret(self.user_pin_file, 12)
             so_pin = read_or_create_secret(self.so_pin_file, 12)
-            res = subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", self.label,
-                                  "--so-pin", so_pin, "--pin", user_pin], capture_output=True, text=True)
-            if res.returncode:
-                raise ConfigError(f"cannot initialise the SoftHSM token: {res.stderr.strip()}")
+            _init_token(self.label, so_pin, user_pin)
             log.info("initialised SoftHSM token %r", self.label)
         return TokenInfo(module=module, label=self.label, pin_file=str(self.user_pin_file), conf=str(self.conf))
+
+
+def _init_token(label: str, so_pin: str, user_pin: str, timeout: float = 60) -> None:
+    """softhsm2-util --init-token with the PINs typed at its prompts on a pseudo-terminal, never on its
+    command line (where `ps` would show them to every user of the host)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: softhsm2-util, its terminal our pty
+        try:
+            os.execvp("softhsm2-util", ["softhsm2-util", "--init-token", "--free", "--label", label])
+        finally:
+            os._exit(127)
+    answers = [so_pin, so_pin, user_pin, user_pin]
+    seen, output, deadline = 0, b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # the child closed its terminal: done
+                break
+            if not chunk:
+                break
+            output += chunk
+            while seen < len(answers) and output.count(b"PIN:") > seen:  # one answer per prompt
+                os.write(fd, answers[seen].encode() + b"\n")
+                seen += 1
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = output.decode(errors="replace").replace(so_pin, "***").replace(user_pin, "***")[-300:]
+        raise ConfigError(f"cannot initialise the SoftHSM token: {tail.strip()}")
 
 
 EMBEDDED_PG_PORT = int(os.environ.get("SHOMEI_PG_PORT", "55432"))
