@@ -29,7 +29,6 @@ import secrets
 import shutil
 import statistics
 import time
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509 import ocsp
@@ -43,19 +42,6 @@ HOST = "127.0.0.1"
 GOOD, REVOKED = ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED
 CHUNK = 1000  # certificates warmed on B just before their rounds (answers stay well within refresh_seconds)
 WINDOW_LIMIT = 10.0  # seconds of "good" after the acknowledgement before a round is given up as broken
-
-
-class ConfiguredStack(Stack):
-    """The benchmark stack, its server started with the TOML file ``config_file`` (SHOMEI_CONFIG)."""
-
-    config_file: Path | None = None
-
-    @property
-    def env(self) -> dict:
-        env = super().env
-        if self.config_file is not None:
-            env["SHOMEI_CONFIG"] = str(self.config_file)
-        return env
 
 
 # -- preparation -----------------------------------------------------------------------------------
@@ -242,13 +228,12 @@ def main() -> None:
     results: dict[str, dict] = {}
     # One private stack per mode, both serving at once, so that the cached-rate runs can alternate
     # between them: other load on the machine then weighs on both modes alike.
-    with ConfiguredStack() as off_stack, ConfiguredStack() as on_stack:
+    toml = {name: "[server]\n" + (f"status_sync_ms = {sync_ms}\n" if sync_ms is not None else "")
+            for name, sync_ms, _label in MODES}
+    with Stack(toml=toml["wait off"]) as off_stack, Stack(toml=toml["wait on"]) as on_stack:
         stacks = {"wait off": off_stack, "wait on": on_stack}
-        for name, sync_ms, _label in MODES:
+        for name, _sync_ms, _label in MODES:
             stack = stacks[name]
-            stack.config_file = stack.dir / "shomei.toml"
-            stack.config_file.write_text("[server]\n" + (f"status_sync_ms = {sync_ms}\n" if sync_ms is not None
-                                                          else ""))
             t = time.perf_counter()
             stack.serve(workers=2)
             print(f"[{name}] `shomei serve --workers 2` ready in {time.perf_counter() - t:.1f} s", flush=True)

@@ -20,8 +20,13 @@ EXE = str(Path(sys.executable).with_name("shomei"))
 
 
 class Stack:
-    def __init__(self):
+    def __init__(self, toml: str | None = None):
+        """``toml``: configuration of the servers of this stack (SHOMEI_CONFIG), if any."""
         self.dir = Path(tempfile.mkdtemp(prefix="shomei-bench-"))
+        self.toml = None
+        if toml:
+            self.toml = self.dir / "shomei.toml"
+            self.toml.write_text(toml)
         self.pg = EmbeddedPostgres(self.dir / "pg", free_port())
         self.url = self.pg.ensure_started()
         self.token = EmbeddedToken(self.dir / "softhsm").ensure()
@@ -40,6 +45,8 @@ class Stack:
             "SHOMEI_VAR_DIR": str(self.dir / "var"), "SHOMEI_LISTEN": f"127.0.0.1:{self.port}",
             "SHOMEI_DEMO_CLIENTS": "1",
         })
+        if self.toml:
+            env["SHOMEI_CONFIG"] = str(self.toml)
         return env
 
     def config(self):

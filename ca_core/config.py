@@ -129,6 +129,11 @@ class OCSPConfig(_Section):
     verifier_metric_labels: int = 50  # verifiers named in /metrics per process; the rest count as "other"
     renew_check_seconds: int = 3600  # how often each process renews responder certificates near expiry
     reload_seconds: int = 60  # how often each process picks up new responder certificates and CA keys
+    # Answers signed on demand for a nonce, per client (verifier, or address) and second in each process;
+    # beyond it (and its burst of twice as many) the nonce is not honoured and the cached answer is
+    # sent instead (RFC 8954 section 2.1 lets a responder leave the nonce out), so nobody can keep the
+    # token busy signing.
+    nonce_signatures_per_client: int = 20
 
 
 class RevocationConfig(_Section):

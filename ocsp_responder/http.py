@@ -57,6 +57,11 @@ async def _verifier(request: web.Request, svc: Responder):
     return client
 
 
+def _client(request: web.Request, verifier) -> object:
+    """Whom the nonce limit counts: the registered verifier, else the address it came from."""
+    return ("verifier", verifier.id) if verifier is not None else ("address", request.remote)
+
+
 def _reply(request: web.Request, svc: Responder, answer: Answer, verifier, now: float) -> web.Response:
     svc.count(answer.status, answer.source, verifier, answer.successful)
     entry = answer.entry
@@ -104,7 +109,7 @@ async def get_ocsp(request: web.Request) -> web.Response:
         raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except (UnicodeEncodeError, binascii.Error, ValueError):
         return _reply(request, svc, svc.malformed, verifier, now)
-    answer = await svc.answer(raw, key)
+    answer = await svc.answer(raw, key, _client(request, verifier))
     return _reply(request, svc, answer, verifier, time.time())
 
 
@@ -128,7 +133,7 @@ async def post_ocsp(request: web.Request) -> web.Response:
     if entry is not None:
         svc.count(entry.status, "memory", verifier)
         return web.Response(body=entry.body, headers=entry.headers(now))
-    answer = await svc.answer(body, body)
+    answer = await svc.answer(body, body, _client(request, verifier))
     return _reply(request, svc, answer, verifier, time.time())
 
 

@@ -8,6 +8,7 @@ reaches HTTP: overload and an unavailable token or database are tryLater (RFC 69
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -38,6 +39,9 @@ VERIFIER_ANSWERS = Counter("shomei_ocsp_verifier_answers_total",
                            "Successful OCSP answers per registered verifier (the first ocsp.verifier_metric_labels "
                            "verifiers seen by a process are named, the rest count as 'other'; exact per-verifier "
                            "counts for billing are in the table ocsp_verifier_usage)", ["verifier"])
+
+NONCES_REFUSED = Counter("shomei_ocsp_nonce_refused_total",
+                         "Nonces not honoured because a client went over its rate (the cached answer was sent)")
 
 ERROR_BODIES = {s: ocsp.error_response(s) for s in ResponseStatus if s != ResponseStatus.successful}
 
@@ -92,6 +96,7 @@ class Responder:
         self.verifier_mode = self.cfg.access == "verifier"
         self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
         self.malformed = _error(ResponseStatus.malformed_request)
+        self._nonce_buckets: dict = {}  # client -> (tokens, last refill, monotonic seconds)
         self._produced_at = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # the newest producedAt signed
         self.channel = channel
         if channel is not None:
@@ -122,15 +127,16 @@ class Responder:
             self._issuers = self.directory.issuers
             self.index = ocsp.IssuerIndex(self._issuers)
 
-    async def answer(self, raw: bytes, key) -> Answer:
-        """Answer the DER request ``raw``; ``key`` is its raw form for the memory cache. Never raises."""
+    async def answer(self, raw: bytes, key, client=None) -> Answer:
+        """Answer the DER request ``raw``; ``key`` is its raw form for the memory cache; ``client`` (a
+        verifier id or an address) is whom the nonce limit counts. Never raises."""
         try:
-            return await self._answer(raw, key)
+            return await self._answer(raw, key, client)
         except Exception:
             log.exception("OCSP answer failed")
             return _error(ResponseStatus.internal_error)
 
-    async def _answer(self, raw: bytes, key) -> Answer:
+    async def _answer(self, raw: bytes, key, client=None) -> Answer:
         parsed = ocsp.parse_request(raw, max_certs=self.cfg.max_certs_per_request)
         if isinstance(parsed, ResponseStatus):
             return _error(parsed)
@@ -143,12 +149,17 @@ class Responder:
             log.error("no OCSP responder certificate for %s g%d", issuer.ca_id, issuer.generation)
             return _error(ResponseStatus.try_later)
         if parsed.nonce is not None:
-            # A nonce asks for a fresh answer bound to this request (RFC 8954): signed now, never cached.
-            return await self._bounded(self._make(issuer, responder, parsed, self.cache.seq))
+            if self._nonce_allowed(client):
+                # A nonce asks for a fresh answer bound to this request (RFC 8954): signed now, never cached.
+                return await self._bounded(self._make(issuer, responder, parsed, self.cache.seq))
+            NONCES_REFUSED.inc()
+            parsed = dataclasses.replace(parsed, nonce=None)  # the cached answer, without the nonce
+            key = None
         cert_key = parsed.cert_key
         entry = self.cache.get(cert_key, time.time())
         if entry is not None:
-            self.cache.put((key,), entry, self.cache.seq)
+            if key is not None:
+                self.cache.put((key,), entry, self.cache.seq)
             return Answer(entry.body, entry, entry.status, True, "memory")
         # Concurrent misses for the same CertIDs share one signature.
         pending = self._inflight.get(cert_key)
@@ -240,6 +251,20 @@ class Responder:
     def _entry(self, body: bytes, this_update: dt.datetime, next_update: dt.datetime, serials, label) -> Entry:
         tu, nu = this_update.timestamp(), next_update.timestamp()
         return Entry.make(body, tu, nu, tu + self.cfg.refresh_seconds, serials, label)
+
+    def _nonce_allowed(self, client) -> bool:
+        """A token bucket per client: ``nonce_signatures_per_client`` a second, bursts of twice that."""
+        rate = self.cfg.nonce_signatures_per_client
+        now = time.monotonic()
+        tokens, last = self._nonce_buckets.get(client, (2.0 * rate, now))
+        tokens = min(2.0 * rate, tokens + (now - last) * rate)
+        if len(self._nonce_buckets) > 10_000:  # bounded memory: forget idle clients
+            self._nonce_buckets.clear()
+        if tokens < 1:
+            self._nonce_buckets[client] = (tokens, now)
+            return False
+        self._nonce_buckets[client] = (tokens - 1, now)
+        return True
 
     # -- background work -------------------------------------------------------------------------
     async def load_responders(self) -> None:

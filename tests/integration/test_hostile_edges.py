@@ -87,3 +87,36 @@ async def test_slow_senders_do_not_take_the_online_windows_slots(http, rt):
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "malformed"  # answered, not busy
     for writer in slow:
         writer.close()
+
+
+async def test_fresh_nonce_signatures_are_limited_per_client(rt, terminal, keys, http):
+    """Beyond its rate a client's nonces are not honoured: it gets the cached answer (RFC 8954 lets the
+    responder leave the nonce out), so nobody can keep the token signing; every answer is still good."""
+    import dataclasses
+    import os
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from shomei.app import make_app
+
+    data = await issue(http, terminal, issue_body(keys, kinds=("auth",)))
+    cert = x509.load_pem_x509_certificate(data["certificates"][0]["certificate"].encode())
+    issuer = x509.load_der_x509_certificate(rt.issuers.current("auth").certificate_der)
+    rt2 = dataclasses.replace(rt, cfg=rt.cfg.replace(ocsp=rt.cfg.ocsp.replace(nonce_signatures_per_client=2)))
+    client = TestClient(TestServer(make_app(rt2)))
+    await client.start_server()
+    try:
+        echoed = 0
+        for _ in range(20):
+            nonce = os.urandom(16)
+            resp = await client.post("/ocsp", data=request_der(cert, issuer, nonce=nonce),
+                                     headers={"Content-Type": "application/ocsp-request"})
+            answer = check_response(await resp.read(), issuer.public_bytes(serialization.Encoding.DER))
+            assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+            try:
+                echoed += answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+            except x509.ExtensionNotFound:
+                pass
+        assert 4 <= echoed <= 6  # the burst (twice the rate), and what refilled meanwhile
+    finally:
+        await client.close()
