@@ -20,6 +20,10 @@ class ClientCache:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Client | None]] = {}
 
+    def clear(self) -> None:
+        """Forget every credential (one was disabled or rotated: told through the status channel)."""
+        self._cache.clear()
+
     async def lookup(self, token: str) -> Client | None:
         now = time.monotonic()
         hit = self._cache.get(token)

@@ -99,6 +99,7 @@ async def open_runtime(cfg: Config, *, clock: Clock | None = None, migrate: bool
                  resident_key=read_resident_key(cfg), clients=ClientCache(pool),
                  status=StatusChannel(cfg.database_url, pool, sync_timeout=cfg.server.status_sync_ms / 1000),
                  worker_index=worker_index)
+    rt.status.watch_clients(rt.clients.clear)  # a disabled credential stops working within the notice's delay
     await rt.reload_issuers()
     return rt
 

@@ -47,6 +47,7 @@ class StatusChannel:
         self.sync_timeout = sync_timeout
         self.pid: int | None = None  # backend pid of the LISTEN connection while it is up
         self._subscribers: list[tuple[OnSerial, OnState]] = []
+        self._client_watchers: list[Callable[[], None]] = []
         self._waiting: dict[str, tuple[set[int], asyncio.Future]] = {}
         self._task: asyncio.Task | None = None
         self._users = 0
@@ -54,6 +55,10 @@ class StatusChannel:
     def subscribe(self, on_serial: OnSerial, on_state: OnState) -> None:
         self._subscribers.append((on_serial, on_state))
         on_state(self.pid is not None)
+
+    def watch_clients(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` when a client credential is disabled or rotated (in any process)."""
+        self._client_watchers.append(on_change)
 
     def unsubscribe(self, on_serial: OnSerial) -> None:
         self._subscribers = [s for s in self._subscribers if s[0] is not on_serial]
@@ -87,6 +92,10 @@ class StatusChannel:
             on_state(up)
 
     def _on_status(self, _conn, _pid, _channel, payload: str) -> None:
+        if payload == notices.CLIENTS_CHANGED:
+            for on_change in list(self._client_watchers):
+                on_change()
+            return
         if payload.startswith(notices.SYNC_PREFIX):
             # Every notice before this one has been applied (call order = arrival order): answer it.
             pid = self.pid

@@ -135,6 +135,58 @@ def client_add(ctx: CommandContext, kind: str, name: str, municipality_code: str
     click.echo(ctx.run(_add))
 
 
+@client.command("list")
+@pass_context
+def client_list(ctx: CommandContext) -> None:
+    """Every client: kind, municipality, when it was added, and whether it is disabled."""
+    from storage import clients as client_store
+
+    async def _list(rt):
+        async with rt.pool.acquire() as conn:
+            return await client_store.list_all(conn)
+
+    for c in ctx.run(_list):
+        state = f"disabled {c.disabled_at:%Y-%m-%d %H:%M}" if c.disabled_at else "enabled"
+        click.echo(f"{c.name}\t{c.kind}\t{c.municipality_code or '-'}\tadded {c.created_at:%Y-%m-%d}\t{state}")
+
+
+def _client_named(conn_client, name: str):
+    if conn_client is None:
+        raise click.ClickException(f"no client named {name!r}")
+    return conn_client
+
+
+@client.command("disable")
+@click.argument("name")
+@pass_context
+def client_disable(ctx: CommandContext, name: str) -> None:
+    """Disable a client's credential: every worker and host refuses it within a second."""
+    from storage import clients as client_store
+
+    async def _disable(rt):
+        async with rt.pool.acquire() as conn:
+            found = _client_named(await client_store.find_by_name(conn, name), name)
+            done = await client_store.disable(conn, found.id)
+        return f"client {name} disabled" if done else f"client {name} was already disabled"
+
+    click.echo(ctx.run(_disable))
+
+
+@client.command("rotate")
+@click.argument("name")
+@pass_context
+def client_rotate(ctx: CommandContext, name: str) -> None:
+    """Give a client a new credential (printed once); the old one stops working at once."""
+    from storage import clients as client_store
+
+    async def _rotate(rt):
+        async with rt.pool.acquire() as conn:
+            found = _client_named(await client_store.find_by_name(conn, name), name)
+            return await client_store.rotate_token(conn, found.id)
+
+    click.echo(ctx.run(_rotate))
+
+
 @main.group()
 def municipality() -> None:
     """Municipality names (romaji) used in signing certificate subjects."""

@@ -5,6 +5,8 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from storage.status_notices import CLIENTS_CHANGED, STATUS_CHANNEL
+
 
 @dataclass(frozen=True)
 class Client:
@@ -39,8 +41,36 @@ async def register(conn, *, kind: str, name: str, municipality_code: str | None 
     return Client(row["id"], kind, name, municipality_code), token
 
 
+
+
 async def rotate_token(conn, client_id: int) -> str:
-    """Issue a new credential for a client; the old one stops working."""
+    """Issue a new credential for a client; the old one stops working (every process is told)."""
     token = f"shm_r_{secrets.token_urlsafe(32)}"
-    await conn.execute("UPDATE client SET token_hash = $2 WHERE id = $1", client_id, token_hash(token))
+    async with conn.transaction():
+        await conn.execute("UPDATE client SET token_hash = $2 WHERE id = $1", client_id, token_hash(token))
+        await conn.execute("SELECT pg_notify($1, $2)", STATUS_CHANNEL, CLIENTS_CHANGED)
     return token
+
+
+async def disable(conn, client_id: int) -> bool:
+    """Disable a client's credential (kept for the audit trail); every process is told. False when it
+    was disabled already."""
+    async with conn.transaction():
+        done = await conn.fetchval("UPDATE client SET disabled_at = now() WHERE id = $1 AND disabled_at IS NULL"
+                                   " RETURNING true", client_id)
+        await conn.execute("SELECT pg_notify($1, $2)", STATUS_CHANNEL, CLIENTS_CHANGED)
+    return bool(done)
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    name: str
+    kind: str
+    municipality_code: str | None
+    created_at: object
+    disabled_at: object
+
+
+async def list_all(conn) -> list[ClientRow]:
+    rows = await conn.fetch("SELECT name, kind, municipality_code, created_at, disabled_at FROM client ORDER BY kind, name")
+    return [ClientRow(r["name"], r["kind"], r["municipality_code"], r["created_at"], r["disabled_at"]) for r in rows]

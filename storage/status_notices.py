@@ -8,6 +8,7 @@ STATUS_CHANNEL = "shomei_status"
 ACK_CHANNEL = "shomei_status_ack"
 LISTENER_NAME = "shomei-status-listener"  # application_name of every listening connection
 SYNC_PREFIX = "sync:"
+CLIENTS_CHANGED = "clients"  # a client credential was disabled or rotated (storage.clients)
 
 
 async def live_listeners(conn) -> set[int]:
