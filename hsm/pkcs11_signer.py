@@ -10,7 +10,9 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+import heapq
+import itertools
+import threading
 
 import pkcs11
 from asn1crypto import core, keys
@@ -21,6 +23,8 @@ from prometheus_client import Counter, Histogram
 
 from ca_core.algorithms import SignatureAlgorithm
 from ca_core.errors import ConfigError, HSMError
+
+from .signer import URGENT
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,63 @@ class StartupError(ConfigError):
     code = "hsm_startup"
 
 
+class _TokenThread:
+    """The one thread of a process that talks to the token (python-pkcs11 with SoftHSM crashed when two
+    threads signed through one login), taking work by priority: issuance, CRL and ceremony signatures
+    (URGENT) before answers signed on demand for OCSP (DEFERRABLE), first come first served within one."""
+
+    def __init__(self):
+        self._heap: list = []
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="pkcs11", daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn, *args) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._ready:
+            if self._stopping:
+                raise RuntimeError("the token thread is stopped")
+            heapq.heappush(self._heap, (priority, next(self._order), fn, args, loop, future))
+            self._ready.notify()
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._heap and not self._stopping:
+                    self._ready.wait()
+                if not self._heap:
+                    return
+                _p, _n, fn, args, loop, future = heapq.heappop(self._heap)
+            try:
+                result, error = fn(*args), None
+            except BaseException as exc:  # handed to the caller
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the caller's event loop is closed: nobody waits for this any more
+                pass
+
+    def stop(self) -> None:
+        """Finish what is queued, then end the thread."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        self._thread.join()
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():  # the caller gave up (timeout)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class PKCS11Signer:
     """One logged-in session on one thread."""
 
@@ -48,7 +109,7 @@ class PKCS11Signer:
         self._module = module
         self._token_label = token_label
         self._pin = pin
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
+        self._thread = _TokenThread()
         self._session = None
         self._keys: dict[str, object] = {}
 
@@ -89,11 +150,10 @@ class PKCS11Signer:
                     pass
                 self._session = None
         await self._run(_close)
-        self._executor.shutdown(wait=True)
+        self._thread.stop()
 
-    async def _run(self, fn, *args):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn, *args, priority: int = URGENT):
+        return await self._thread.submit(priority, fn, *args)
 
     # -- signing ---------------------------------------------------------------------------------
     def _private_key(self, label: str):
@@ -139,11 +199,13 @@ class PKCS11Signer:
         except StartupError as exc:
             raise HSMError(f"the token cannot be used now: {exc.message}") from None
 
-    async def sign_digest(self, key_label: str, alg: SignatureAlgorithm, digest: bytes) -> bytes:
+    async def sign_digest(self, key_label: str, alg: SignatureAlgorithm, digest: bytes, *,
+                          priority: int = URGENT) -> bytes:
         start = time.perf_counter()
         try:
             # Bounded: a hung token makes requests fail (503) instead of hanging them.
-            sig = await asyncio.wait_for(self._run(self._sign_sync, key_label, alg, digest), self.call_timeout)
+            sig = await asyncio.wait_for(self._run(self._sign_sync, key_label, alg, digest, priority=priority),
+                                         self.call_timeout)
         except HSMError:
             HSM_SIGNATURES.labels("error").inc()
             raise
@@ -156,10 +218,10 @@ class PKCS11Signer:
         HSM_LATENCY.observe(time.perf_counter() - start)
         return sig
 
-    async def sign(self, key_label: str, alg: SignatureAlgorithm, tbs_der: bytes) -> bytes:
+    async def sign(self, key_label: str, alg: SignatureAlgorithm, tbs_der: bytes, *, priority: int = URGENT) -> bytes:
         h = alg.new_hash()
         h.update(tbs_der)
-        return await self.sign_digest(key_label, alg, h.digest())
+        return await self.sign_digest(key_label, alg, h.digest(), priority=priority)
 
     # -- keys ------------------------------------------------------------------------------------
     def _spki_sync(self, label: str) -> bytes | None:

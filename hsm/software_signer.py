@@ -45,7 +45,7 @@ class SoftwareSigner:
         return key.public_key().public_bytes(serialization.Encoding.DER,
                                              serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    async def sign_digest(self, key_label: str, alg: SignatureAlgorithm, digest: bytes) -> bytes:
+    async def sign_digest(self, key_label: str, alg: SignatureAlgorithm, digest: bytes, *, priority: int = 0) -> bytes:
         key = self._keys.get(key_label)
         if key is None:
             raise HSMError(f"no private key labelled {key_label!r}")
@@ -58,10 +58,10 @@ class SoftwareSigner:
             return key.sign(digest, padding.PKCS1v15(), prehashed)
         return key.sign(digest, ec.ECDSA(prehashed))  # already a DER ECDSA-Sig-Value
 
-    async def sign(self, key_label: str, alg: SignatureAlgorithm, tbs_der: bytes) -> bytes:
+    async def sign(self, key_label: str, alg: SignatureAlgorithm, tbs_der: bytes, *, priority: int = 0) -> bytes:
         h = alg.new_hash()
         h.update(tbs_der)
-        return await self.sign_digest(key_label, alg, h.digest())
+        return await self.sign_digest(key_label, alg, h.digest(), priority=priority)
 
     async def ping(self) -> None:
         """Always answers."""

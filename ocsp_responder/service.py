@@ -23,7 +23,7 @@ from ca_core.config import CAs, OCSPConfig
 from ca_core.errors import ShomeiError
 from ca_core.ocsp import ResponseStatus
 from storage import cas, ocsp as store
-from hsm.signer import Signer
+from hsm.signer import DEFERRABLE, Signer
 from plumbing.status_channel import StatusChannel
 
 from .cache import Entry, ResponseCache
@@ -236,7 +236,7 @@ class Responder:
         tbs = ocsp.response_data(responder_key_hash=responder.key_hash, produced_at=now,
                                  singles=[(c.cert_id_der, s) for c, s in zip(parsed.certs, statuses)],
                                  this_update=now, next_update=next_update, nonce=parsed.nonce)
-        signature = await self.signer.sign(responder.key_label, issuer.algorithm, tbs)
+        signature = await self.signer.sign(responder.key_label, issuer.algorithm, tbs, priority=DEFERRABLE)
         body = ocsp.assemble(tbs, issuer.algorithm, signature, responder.certificate_der)
         MISS_LATENCY.labels("signed").observe(time.perf_counter() - started)
         if parsed.nonce is not None:
