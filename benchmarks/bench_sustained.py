@@ -135,8 +135,9 @@ class Load:
                              loop(self.revoke, 0.05), loop(self.feed_batch, 1.0))
 
 
-async def main(minutes: float) -> None:
-    with Stack() as stack:
+async def main(minutes: float, cache_entries: int | None) -> None:
+    toml = f"[ocsp]\ncache_entries = {cache_entries}\n" if cache_entries else None
+    with Stack(toml=toml) as stack:
         stack.serve(workers=2)
         terminal = stack.demo_token("demo-terminal")
         feed = stack.demo_token("demo-feed")
@@ -158,7 +159,7 @@ async def main(minutes: float) -> None:
         samples.append((time.monotonic() - started, {name: _rss_kb(pid) for name, pid in procs.items()}))
 
     print(f"\nSustained mixed load, {minutes:g} minutes, `shomei serve --workers 2` (2 cores; the load on the same"
-          " machine)")
+          f" machine; ocsp.cache_entries {cache_entries or 'default'})")
     print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(load.answers.items())))
     print(f"errors (5xx or connection): {sum(load.errors.values())}" +
           (" - " + ", ".join(f"{k}: {v}" for k, v in load.errors.items()) if load.errors else ""))
@@ -176,5 +177,8 @@ async def main(minutes: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--cache-entries", type=int, default=None,
+                        help="ocsp.cache_entries of the server (default 50,000): a smaller cache fills sooner, so "
+                             "what grows after it is full is what is not bounded")
     args = parser.parse_args()
-    asyncio.run(main(args.minutes))
+    asyncio.run(main(args.minutes, args.cache_entries))
