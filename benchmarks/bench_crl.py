@@ -177,12 +177,20 @@ async def load(conn, *, gen_id: int, start: int, count: int, partition_size: int
         f"WHEN {code} THEN '\\x{pre.hex()}'::bytea || s || '\\x{post.hex()}'::bytea" for code, (pre, post) in t.items()
     ) + " END"
     t0 = time.perf_counter()
+    # A certificate's status is derived from its revocation rows by triggers (migration 0006), and a CHECK
+    # keeps status, status_reason and status_at consistent. With the triggers on, certificates are inserted
+    # valid and the revocations' insert derives their status; in bulk (triggers off) the rows carry the
+    # status the triggers would have derived. Each row is a resident of its own (at most one live
+    # certificate of a kind per resident: certificate_one_live).
+    derived = bulk and effective
     await conn.execute(
         "INSERT INTO certificate (id, ca_generation_id, serial, kind, resident_hash, municipality_code, partition,"
-        " not_before, not_after, status, der)"
-        f" SELECT $1::bigint + i, $2, {serial}, 'signing', '\\x00'::bytea, '131016', ($1::bigint + i) / $4,"
-        f" '2026-01-01', '{NOT_AFTER}', 'revoked', '\\x00'::bytea FROM generate_series(1, $3::bigint) AS i",
-        start, gen_id, count, partition_size)
+        " not_before, not_after, status, status_reason, status_at, der)"
+        f" SELECT $1::bigint + i, $2, {serial}, 'signing', int8send($1::bigint + i), '131016', ($1::bigint + i) / $4,"
+        f" '2026-01-01', '{NOT_AFTER}',"
+        + (f" 'revoked', {reason}, $5::timestamptz," if derived else " 'valid', NULL::smallint, NULL::timestamptz,")
+        + " '\\x00'::bytea FROM generate_series(1, $3::bigint) AS i",
+        start, gen_id, count, partition_size, *((REVOKED_AT,) if derived else ()))
     t1 = time.perf_counter()
     eff = "$4::timestamptz" if effective else "NULL"
     await conn.execute(

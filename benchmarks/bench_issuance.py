@@ -5,7 +5,8 @@ pyca/cryptography's CertificateBuilder, all in one run.
 
 Each request issues two certificates (signing + auth), so certificates/s = 2 x requests/s. The server runs
 as `shomei serve --workers N` on a private PostgreSQL (durable commits: fsync and synchronous_commit on)
-and SoftHSM token; the load generator is one separate process with keep-alive connections.
+and SoftHSM token; the load generator is one separate process with keep-alive HTTPS connections to the
+private listener, presenting the demo terminal's client certificate (var/tls/demo-terminal.crt).
 """
 from __future__ import annotations
 
@@ -56,14 +57,15 @@ def _bodies(csrs: list[str], n: int, tag: str) -> list[bytes]:
     return out
 
 
-async def _load(url: str, token: str, bodies: list[bytes], concurrency: int) -> dict:
+async def _load(url: str, credential, bodies: list[bytes], concurrency: int) -> dict:
+    """POST ``bodies`` to the private listener as ``credential`` (benchmarks.stack.ClientCredential)."""
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {token}", "X-Operator-Id": "bench", "Content-Type": "application/json"}
+    headers = {**credential.headers(), "Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
     queue = iter(bodies)
-    conn = aiohttp.TCPConnector(limit=concurrency)
+    conn = aiohttp.TCPConnector(limit=concurrency, ssl=credential.ssl_context())
     async with aiohttp.ClientSession(connector=conn) as session:
         async def worker():
             nonlocal errors
@@ -82,14 +84,14 @@ async def _load(url: str, token: str, bodies: list[bytes], concurrency: int) -> 
             "p50_ms": 1000 * latencies[len(latencies) // 2], "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)]}
 
 
-def _load_process(url, token, bodies, concurrency, out):
-    out.put(asyncio.run(_load(url, token, bodies, concurrency)))
+def _load_process(url, credential, bodies, concurrency, out):
+    out.put(asyncio.run(_load(url, credential, bodies, concurrency)))
 
 
-def run_load(url, token, bodies, concurrency) -> dict:
+def run_load(url, credential, bodies, concurrency) -> dict:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_load_process, args=(url, token, bodies, concurrency, q))
+    p = ctx.Process(target=_load_process, args=(url, credential, bodies, concurrency, q))
     p.start()
     result = q.get()
     p.join()
@@ -197,13 +199,13 @@ def main() -> None:
     csrs = [_csr(k) for k in _keys(args.keys)]
     with Stack() as stack:
         stack.serve(workers=args.workers)
-        token = stack.demo_token()
-        url = f"http://127.0.0.1:{stack.port}/v1/certificates"
-        run_load(url, token, _bodies(csrs, 200, "warmup"), 16)
+        terminal = stack.demo_credential("demo-terminal")
+        url = f"{stack.private_url}/v1/certificates"
+        run_load(url, terminal, _bodies(csrs, 200, "warmup"), 16)
         rows = []
         peak_rss = 0.0
         for c in levels:
-            res = run_load(url, token, _bodies(csrs, args.requests, f"c{c}"), c)
+            res = run_load(url, terminal, _bodies(csrs, args.requests, f"c{c}"), c)
             peak_rss = max(peak_rss, stack.server_rss_mb())
             certs = 2 * (res["requests"] - res["errors"]) / res["elapsed"]
             rows.append((c, certs, res["p50_ms"], res["p99_ms"], res["errors"]))

@@ -58,8 +58,8 @@ async def populate(cfg, n: int, revoke_every: int, out: Path) -> dict:
         issuer = rt.issuers.current("auth")
         service = IssuanceService.from_runtime(rt)
         async with rt.pool.acquire() as conn:
-            client, _tok = await clients.register(conn, kind="terminal", name="bench-ocsp-terminal",
-                                                  municipality_code="131016")
+            client = await clients.register(conn, kind="terminal", name="bench-ocsp-terminal",
+                                            municipality_code="131016")
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "card")]))

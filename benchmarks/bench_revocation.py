@@ -67,10 +67,11 @@ async def _synthetic(url: str, key: bytes, n: int) -> list[str]:
         await conn.close()
 
 
-def _post(url: str, data: bytes, headers: dict, timeout: float = 600) -> tuple[int, dict]:
+def _post(url: str, data: bytes, headers: dict, timeout: float = 600, context=None) -> tuple[int, dict]:
+    """POST; ``context``: the SSL context (client certificate) of a request to the private listener."""
     req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -132,13 +133,15 @@ def bench_feed(stack, events_n: int, with_certs: int, key: bytes) -> list[tuple]
     events += [{"event_id": f"bench-x-{i}", "resident_code": _code(), "kind": "moved",
                 "occurred_at": occurred} for i in range(events_n - len(events))]
     data = ("\n".join(json.dumps(e) for e in events) + "\n").encode()
-    url = f"http://127.0.0.1:{stack.port}/v1/residency-events"
-    headers = {"Authorization": f"Bearer {stack.demo_token('demo-feed')}", "Content-Type": "application/x-ndjson"}
+    url = f"{stack.private_url}/v1/residency-events"
+    feed = stack.demo_credential("demo-feed")
+    headers = {**feed.headers(), "Content-Type": "application/x-ndjson"}
+    context = feed.ssl_context()
     rows = []
     for label in ("first send", "resend (all duplicate)"):
         with _Peak(stack) as peak:
             start = time.perf_counter()
-            status, body = _post(url, data, headers)
+            status, body = _post(url, data, headers, context=context)
             elapsed = time.perf_counter() - start
         assert status == 200, body
         rows.append((f"feed batch, {label}", len(events), elapsed, len(events) / elapsed, peak.peak,
@@ -157,9 +160,10 @@ def _csr(key) -> str:
 
 def _issue(stack, n: int, keys) -> list[tuple[bytes, object]]:
     """``n`` auth certificates through the API; returns (DER, key) pairs."""
-    url = f"http://127.0.0.1:{stack.port}/v1/certificates"
-    headers = {"Authorization": f"Bearer {stack.demo_token()}", "X-Operator-Id": "bench",
-               "Content-Type": "application/json"}
+    url = f"{stack.private_url}/v1/certificates"
+    terminal = stack.demo_credential("demo-terminal")
+    headers = {**terminal.headers(), "Content-Type": "application/json"}
+    context = terminal.ssl_context()
     out = []
     csrs = [_csr(k) for k in keys]
     for i in range(n):
@@ -167,7 +171,7 @@ def _issue(stack, n: int, keys) -> list[tuple[bytes, object]]:
                 "resident": {"name": "山田　太郎", "name_substitutes": "00000", "address": "東京都千代田区千代田１番１号",
                              "address_substitutes": "00000000000000", "birth_date": "319800515", "sex": "1"},
                 "card_expires_on": "2035-05-15", "auth_csr": csrs[i % len(keys)]}
-        status, data = _post(url, json.dumps(body, ensure_ascii=False).encode(), headers)
+        status, data = _post(url, json.dumps(body, ensure_ascii=False).encode(), headers, context=context)
         assert status == 201, data
         pem = data["certificates"][0]["certificate"].encode()
         out.append((x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER), keys[i % len(keys)]))
@@ -217,7 +221,7 @@ def bench_online(stack, n: int, levels: list[int]) -> list[tuple]:
     def apps(procedure, pairs):
         return [online_client.build(procedure, der, online_client.key_signer(k), applicant) for der, k in pairs]
 
-    base = f"http://127.0.0.1:{stack.port}/v1/online"
+    base = f"{stack.public_url}/v1/online"  # the online window is public (the resident's signature authenticates)
     rows = []
     per_level = n // len(levels)
     for i, c in enumerate(levels):
@@ -229,7 +233,7 @@ def bench_online(stack, n: int, levels: list[int]) -> list[tuple]:
         res = asyncio.run(_load(f"{base}/revocations", revs, c, 202))
         rows.append((f"online revocations, concurrency {c}", res["n"], res["elapsed"], res["n"] / res["elapsed"],
                      stack.server_rss_mb(), f"p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms, errors {res['errors']}"))
-    with urllib.request.urlopen(f"http://127.0.0.1:{stack.port}/ca/auth.crt") as r:
+    with urllib.request.urlopen(f"{stack.public_url}/ca/auth.crt") as r:
         ca_der = r.read()
     rate = _verify_rate(apps("validity_check", certs[:1])[0], ca_der)
     rows.append(("baseline: parse + verify only, 1 core", 0, 0.0, rate, 0.0, "ca_core.online, no HTTP/DB"))

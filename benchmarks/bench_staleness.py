@@ -6,7 +6,8 @@
 `[server] status_sync_ms = 0` (the old behaviour: a revocation is answered as soon as it commits) and
 once with the default (2000: the answer waits until every process's status listener has applied it).
 
-Two keep-alive connections are kept: A on worker 0 and B on worker 1 (GET /healthz names the worker a
+Two keep-alive connections to the private listener (HTTPS, the demo terminal's client certificate) are
+kept: A on worker 0 and B on worker 1 (the private listener's detailed GET /healthz names the worker a
 connection landed on). Each auth certificate's OCSP answer is first put into worker 1's memory cache (two
 GETs on B, in chunks just before their rounds). Each round revokes one certificate on A
 (POST /v1/revocations) and, the moment the 201 is read, asks its OCSP answer on B, again and again while
@@ -46,17 +47,20 @@ WINDOW_LIMIT = 10.0  # seconds of "good" after the acknowledgement before a roun
 
 # -- preparation -----------------------------------------------------------------------------------
 
-async def issue(port: int, token: str, csrs: list[str], n: int, tag: str,
+async def issue(stack: Stack, csrs: list[str], n: int, tag: str,
                 concurrency: int = 16) -> list[tuple[str, str]]:
-    """``n`` auth certificates over HTTP (auth_csr only); returns (hex serial, OCSP GET path) of each."""
+    """``n`` auth certificates over HTTPS as the demo terminal (auth_csr only); returns (hex serial,
+    OCSP GET path) of each."""
     import aiohttp
 
-    base = f"http://{HOST}:{port}"
-    headers = {"Authorization": f"Bearer {token}", "X-Operator-Id": "bench", "Content-Type": "application/json"}
+    base = stack.private_url
+    terminal = stack.demo_credential("demo-terminal")
+    headers = {**terminal.headers(), "Content-Type": "application/json"}
     first_code = secrets.randbelow(10**11 - n)
     out: list[tuple[str, str] | None] = [None] * n
     todo = iter(range(n))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=terminal.ssl_context())
+    async with aiohttp.ClientSession(connector=connector) as session:
         async with session.get(f"{base}/ca/auth.crt") as r:
             issuer = x509.load_der_x509_certificate(await r.read())
 
@@ -84,11 +88,12 @@ async def issue(port: int, token: str, csrs: list[str], n: int, tag: str,
 # -- keep-alive connections pinned to a worker -------------------------------------------------------
 
 class Conn:
-    """One keep-alive HTTP connection that never reconnects behind our back (it would land on any
-    worker): a closed connection raises instead."""
+    """One keep-alive HTTPS connection to the private listener (the demo terminal's certificate) that never
+    reconnects behind our back (it would land on any worker): a closed connection raises instead."""
 
-    def __init__(self, port: int):
-        self.http = http.client.HTTPConnection(HOST, port, timeout=30)
+    def __init__(self, stack: Stack):
+        self.http = http.client.HTTPSConnection(HOST, stack.private_port, timeout=30,
+                                                context=stack.ssl_context("demo-terminal"))
         self.http.connect()
         self.http.auto_open = 0
         status, body = self.request("GET", "/healthz")
@@ -107,11 +112,11 @@ class Conn:
         self.http.close()
 
 
-def pinned_pair(port: int, attempts: int = 64) -> tuple[Conn, Conn]:
+def pinned_pair(stack: Stack, attempts: int = 64) -> tuple[Conn, Conn]:
     """Connection A on worker 0 and B on worker 1: open connections until both are found."""
     found: dict[int, Conn] = {}
     for _ in range(attempts):
-        conn = Conn(port)
+        conn = Conn(stack)
         if conn.worker in (0, 1) and conn.worker not in found:
             found[conn.worker] = conn
             if len(found) == 2:
@@ -139,11 +144,11 @@ def warm(conn: Conn, paths) -> None:
 
 # -- the rounds ----------------------------------------------------------------------------------------
 
-def rounds(port: int, token: str, certs: list[tuple[str, str]], tag: str) -> dict:
+def rounds(stack: Stack, certs: list[tuple[str, str]], tag: str) -> dict:
     """Revoke on A, then ask on B until "revoked"; per round: revocation latency, window, stale or not."""
-    headers = {"Authorization": f"Bearer {token}", "X-Operator-Id": "bench", "Content-Type": "application/json"}
+    headers = {**stack.demo_credential("demo-terminal").headers(), "Content-Type": "application/json"}
     latencies, windows, stale, extra_gets, reconnects = [], [], 0, 0, 0
-    a, b = pinned_pair(port)
+    a, b = pinned_pair(stack)
     try:
         for start in range(0, len(certs), CHUNK):
             chunk = certs[start:start + CHUNK]
@@ -152,7 +157,7 @@ def rounds(port: int, token: str, certs: list[tuple[str, str]], tag: str) -> dic
                 a.request("GET", "/healthz")  # A was idle while B warmed: make sure it is still there
             except (http.client.HTTPException, OSError):
                 a.close(), b.close()  # closed by the server: pin a new pair and warm again
-                a, b = pinned_pair(port)
+                a, b = pinned_pair(stack)
                 reconnects += 1
                 warm(b, (path for _serial, path in chunk))
             for i, (serial, path) in enumerate(chunk):
@@ -190,9 +195,9 @@ def rounds(port: int, token: str, certs: list[tuple[str, str]], tag: str) -> dic
 
 # -- the cached rate -------------------------------------------------------------------------------------
 
-def warm_both(port: int, paths: list[str]) -> None:
+def warm_both(stack: Stack, paths: list[str]) -> None:
     """The cached set's answers into both workers' memory."""
-    a, b = pinned_pair(port)
+    a, b = pinned_pair(stack)
     try:
         warm(a, paths)
         warm(b, paths)
@@ -240,13 +245,13 @@ def main() -> None:
         try:
             for name, _sync, _label in MODES:
                 stack = stacks[name]
-                token, tag = stack.demo_token(), f"{name.replace(' ', '-')}-{secrets.token_hex(3)}"
+                tag = f"{name.replace(' ', '-')}-{secrets.token_hex(3)}"
                 t = time.perf_counter()
-                certs = asyncio.run(issue(stack.port, token, csrs, args.rounds + args.cached_set, tag))
+                certs = asyncio.run(issue(stack, csrs, args.rounds + args.cached_set, tag))
                 issued = time.perf_counter() - t
                 print(f"[{name}] issued {len(certs)} auth certificates in {issued:.1f} s", flush=True)
                 t = time.perf_counter()
-                res = rounds(stack.port, token, certs[:args.rounds], tag)
+                res = rounds(stack, certs[:args.rounds], tag)
                 res.update(issue_s=issued, rounds_s=time.perf_counter() - t, rates=[], p99s=[], problems=[],
                            cached=[path for _serial, path in certs[args.rounds:]])
                 print(f"[{name}] {args.rounds} rounds (warming included) in {res['rounds_s']:.1f} s: "
@@ -256,7 +261,7 @@ def main() -> None:
                 stack, res = stacks[name], results[name]
                 (stack.dir / "get.txt").write_text("".join(p + "\n" for p in res["cached"]))
                 (stack.dir / "get.lua").write_text(GET_LUA % {"file": stack.dir / "get.txt"})
-                warm_both(stack.port, res["cached"])
+                warm_both(stack, res["cached"])
             for run in range(args.runs):
                 for name, _sync, _label in (MODES if run % 2 == 0 else MODES[::-1]):  # neither always first
                     stack, res = stacks[name], results[name]

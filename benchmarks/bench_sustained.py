@@ -51,8 +51,12 @@ def _processes(master: int) -> dict[str, int]:
 
 
 class Load:
-    def __init__(self, base: str, terminal: str, feed: str, csrs: list[str]):
-        self.base, self.terminal, self.feed, self.csrs = base, terminal, feed, csrs
+    """Issuance, window revocations and holds (the demo terminal) and feed batches (the demo feed) on the
+    private listener, each with its client certificate; OCSP and CA certificates on the public one."""
+
+    def __init__(self, public: str, private: str, terminal, feed, csrs: list[str]):
+        self.public, self.private, self.csrs = public, private, csrs
+        self.terminal, self.feed = terminal, feed  # benchmarks.stack.ClientCredential
         self.answers: Counter = Counter()
         self.errors: Counter = Counter()
         self.certs: list[tuple[x509.Certificate, str]] = []
@@ -61,7 +65,7 @@ class Load:
         self.rng = random.Random(7)
 
     def _hdr(self) -> dict:
-        return {"Authorization": f"Bearer {self.terminal}", "X-Operator-Id": "bench"}
+        return self.terminal.headers()  # X-Operator-Id: the demo terminal's registered operator
 
     async def _call(self, kind: str, request) -> tuple[int, bytes] | None:
         try:
@@ -115,35 +119,38 @@ class Load:
                    "resident_code": self.rng.choice(self.residents) if self.residents and self.rng.random() < 0.3
                    else f"{secrets.randbelow(10**11):011d}", "kind": "moved", "occurred_at": occurred}
                   for _ in range(100)]
-        await self._call("feed", http.post("/v1/residency-events", json={"events": events},
-                                           headers={"Authorization": f"Bearer {self.feed}"}))
+        await self._call("feed", http.post("/v1/residency-events", json={"events": events}))
 
     async def run(self, seconds: float):
         until = time.monotonic() + seconds
 
-        async def loop(action, pause):
-            async with aiohttp.ClientSession(self.base, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async def loop(action, pause, credential=None):
+            base = self.private if credential else self.public
+            connector = aiohttp.TCPConnector(ssl=credential.ssl_context()) if credential else None
+            async with aiohttp.ClientSession(base, connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=30)) as http:
                 while time.monotonic() < until:
                     await action(http)
                     await asyncio.sleep(pause)
 
-        async with aiohttp.ClientSession(self.base) as http:
+        async with aiohttp.ClientSession(self.public) as http:
             for kind in ("signing", "auth"):
                 async with http.get(f"/ca/{kind}.crt") as resp:
                     self.issuers[kind] = x509.load_der_x509_certificate(await resp.read())
-        await asyncio.gather(*[loop(self.issue, 0.01) for _ in range(2)], *[loop(self.ocsp, 0) for _ in range(6)],
-                             loop(self.revoke, 0.05), loop(self.feed_batch, 1.0))
+        await asyncio.gather(*[loop(self.issue, 0.01, self.terminal) for _ in range(2)],
+                             *[loop(self.ocsp, 0) for _ in range(6)],
+                             loop(self.revoke, 0.05, self.terminal), loop(self.feed_batch, 1.0, self.feed))
 
 
 async def main(minutes: float, cache_entries: int | None) -> None:
     toml = f"[ocsp]\ncache_entries = {cache_entries}\n" if cache_entries else None
     with Stack(toml=toml) as stack:
         stack.serve(workers=2)
-        terminal = stack.demo_token("demo-terminal")
-        feed = stack.demo_token("demo-feed")
+        terminal = stack.demo_credential("demo-terminal")
+        feed = stack.demo_credential("demo-feed")
         csrs = [_csr(k) for k in _keys(8)]
         procs = _processes(stack.server.pid)
-        load = Load(f"http://127.0.0.1:{stack.port}", terminal, feed, csrs)
+        load = Load(stack.public_url, stack.private_url, terminal, feed, csrs)
         samples: list[tuple[float, dict[str, int]]] = []
 
         async def sample():

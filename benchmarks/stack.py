@@ -7,16 +7,42 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from shomei.embedded import EmbeddedPostgres, EmbeddedToken, free_port
 
 EXE = str(Path(sys.executable).with_name("shomei"))
+DEMO_OPERATOR = "demo-clerk"  # the registered operator of the demo terminal (municipality 131016)
+
+
+def client_ssl_context(ca_file, cert_file=None, key_file=None) -> ssl.SSLContext:
+    """An SSL context trusting the operations CA (``ca_file``), presenting a client certificate if given."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if cert_file:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+@dataclass(frozen=True)
+class ClientCredential:
+    """A client certificate of the private listener (files; picklable, so it can go to a load process)."""
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    operator: str | None = None  # X-Operator-Id of a terminal's requests
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return client_ssl_context(self.ca_file, self.cert_file, self.key_file)
+
+    def headers(self) -> dict:
+        return {"X-Operator-Id": self.operator} if self.operator else {}
 
 
 class Stack:
@@ -28,21 +54,27 @@ class Stack:
             self.toml = self.dir / "shomei.toml"
             self.toml.write_text(toml)
         self.pg = EmbeddedPostgres(self.dir / "pg", free_port())
-        self.url = self.pg.ensure_started()
+        self.pg.ensure_started()
+        # In-process loaders connect as the owner (bulk shortcuts: triggers off, indexes dropped); the
+        # servers run as the service role (env).
+        self.url = self.pg.owner_url
         self.token = EmbeddedToken(self.dir / "softhsm").ensure()
         self.key_file = self.dir / "resident-hash.key"
         self.key_file.write_bytes(secrets.token_bytes(32))
         self.port = free_port()
+        self.private_port = free_port()
         self.server = None
 
     @property
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOMEI_", "PROMETHEUS_MULTIPROC_DIR"))}
         env.update({
-            "DATABASE_URL": self.url, "SHOMEI_PKCS11_MODULE": self.token.module,
+            "DATABASE_URL": self.pg.url, "DATABASE_OWNER_URL": self.pg.owner_url,
+            "SHOMEI_PKCS11_MODULE": self.token.module,
             "SHOMEI_PKCS11_TOKEN": self.token.label, "SHOMEI_PKCS11_PIN_FILE": self.token.pin_file,
             "SHOMEI_RESIDENT_KEY_FILE": str(self.key_file), "SOFTHSM2_CONF": self.token.conf,
             "SHOMEI_VAR_DIR": str(self.dir / "var"), "SHOMEI_LISTEN": f"127.0.0.1:{self.port}",
+            "SHOMEI_PRIVATE_LISTEN": f"127.0.0.1:{self.private_port}",
             "SHOMEI_DEMO_CLIENTS": "1",
         })
         if self.toml:
@@ -62,16 +94,45 @@ class Stack:
             if self.server.poll() is not None:
                 raise RuntimeError((self.dir / "serve.log").read_text()[-2000:])
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                    if json.loads(r.read())["status"] == "ok":
-                        return
-            except OSError:
+                with urllib.request.urlopen(f"{self.public_url}/healthz", timeout=2) as r:
+                    public_ok = json.loads(r.read())["status"] == "ok"
+                # the private listener too (it starts just after the public one in each worker)
+                if public_ok:
+                    with urllib.request.urlopen(f"{self.private_url}/healthz", timeout=2,
+                                                context=self.ssl_context()) as r:
+                        if json.loads(r.read())["status"] == "ok":
+                            return
+            except (OSError, ValueError):
                 pass
             time.sleep(0.3)
         raise RuntimeError("server did not start")
 
-    def demo_token(self, name: str = "demo-terminal") -> str:
-        return (self.dir / "var" / f"{name}.token").read_text().strip()
+    @property
+    def public_url(self) -> str:
+        """The public listener (plain HTTP: OCSP, CRLs, CA certificates, the online window)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def private_url(self) -> str:
+        """The private listener (HTTPS, client certificate required: terminals, the feed, /metrics)."""
+        return f"https://127.0.0.1:{self.private_port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where `shomei serve` keeps the operations CA, its server certificate and the demo clients'."""
+        return self.dir / "var" / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "operations-ca.pem"
+
+    def demo_credential(self, name: str = "demo-terminal") -> ClientCredential:
+        """The certificate `shomei serve` made for its demo client ``name`` (demo-terminal, demo-feed)."""
+        return ClientCredential(self.tls_dir / f"{name}.crt", self.tls_dir / f"{name}.key", self.ca_file,
+                                DEMO_OPERATOR if name == "demo-terminal" else None)
+
+    def ssl_context(self, name: str = "demo-terminal") -> ssl.SSLContext:
+        return self.demo_credential(name).ssl_context()
 
     def server_rss_mb(self) -> float:
         """Resident memory of the server and its workers, MB."""

@@ -30,6 +30,7 @@ NAME_ATTRS = ("C", "ST", "L", "O", "OU", "CN")
 # TOML has arrays, not tuples: these tuple fields accept a list (Strict(False) on the containers only;
 # their items stay strictly typed).
 IntTuple = Annotated[tuple[int, ...], Strict(False)]
+StrTuple = Annotated[tuple[str, ...], Strict(False)]
 NamePairs = Annotated[tuple[Annotated[tuple[str, str], Strict(False)], ...], Strict(False)]
 
 _Self = typing.TypeVar("_Self", bound="_Section")
@@ -98,6 +99,22 @@ class ServerConfig(_Section):
     # (at most this long; 0 turns the wait off: other processes may then answer from before it for a
     # few milliseconds).
     status_sync_ms: int = 2000
+    # The private listener: terminals, the resident-register feed and operations (metrics, detailed
+    # health), HTTPS with client certificates of the operations CA required. The public listener above
+    # (host, port) serves relying parties over plain HTTP: CRLs, OCSP, CA certificates.
+    private_host: str = "127.0.0.1"
+    private_port: int = 8443
+    # false: the private listener speaks plain HTTP, for a TLS-terminating proxy in front of it that
+    # verifies client certificates and passes the certificate's serial (hex) in
+    # X-Client-Certificate-Serial. Only requests from trusted_proxies are then believed; there is no
+    # default proxy.
+    private_tls: bool = True
+    trusted_proxies: StrTuple = ()
+    tls_cert_file: str | None = None  # server certificate chain (PEM); default {var_dir}/tls/server.crt
+    tls_key_file: str | None = None  # its key (PEM, 0600); default {var_dir}/tls/server.key
+    client_ca_file: str | None = None  # CA(s) of client certificates; default {var_dir}/tls/operations-ca.pem
+    tls_server_names: StrTuple = ("localhost", "127.0.0.1")  # put in a server certificate shomei makes
+    client_certificate_days: int = 397  # validity of client certificates `shomei client add` issues
 
 
 class IssuanceConfig(_Section):
@@ -112,6 +129,9 @@ class IssuanceConfig(_Section):
 
 class SecurityConfig(_Section):
     resident_hash_key_file: str | None = None  # HMAC key for resident codes
+    # The audit trail's head is signed (a checkpoint, by the audit key in the token) this often when it
+    # moved; records after the last checkpoint are only as safe as the database.
+    audit_checkpoint_seconds: int = 10
 
 
 class OCSPConfig(_Section):
@@ -165,6 +185,10 @@ class CRLConfig(_Section):
 
 class Config(_Section):
     database_url: str | None = None
+    # The role that owns the schema and applies migrations (DATABASE_OWNER_URL). When set, the service
+    # (database_url) runs as a role granted only what it needs: no UPDATE, DELETE or TRUNCATE of the audit
+    # trail. Unset: migrations run as the service's own role.
+    database_owner_url: str | None = None
     var_dir: str = "var"
     hsm: HSMConfig = Field(default_factory=HSMConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -258,6 +282,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("crl.*_validity_minutes must exceed the matching interval (no gap between issues)")
     if cfg.server.workers < 1:
         raise ConfigError("server.workers must be >= 1")
+    srv = cfg.server
+    if not srv.private_tls and not srv.trusted_proxies:
+        raise ConfigError("server.private_tls = false needs server.trusted_proxies: the addresses of the "
+                          "TLS-terminating proxies whose X-Client-Certificate-Serial is believed")
+    if (srv.host, srv.port) == (srv.private_host, srv.private_port) and srv.port != 0:
+        raise ConfigError("server.private_port: the private listener needs an address of its own")
+    if not 1 <= srv.client_certificate_days <= 3650:
+        raise ConfigError("server.client_certificate_days must be 1..3650")
     return cfg
 
 
@@ -276,8 +308,8 @@ def _from_env(section: _M, var: str, **changes: typing.Any) -> _M:
 def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
     """Load configuration: defaults, then the TOML file (SHOMEI_CONFIG), then environment overrides.
 
-    Environment: DATABASE_URL, SHOMEI_PKCS11_MODULE, SHOMEI_PKCS11_TOKEN, SHOMEI_PKCS11_PIN_FILE,
-    SHOMEI_LISTEN (host:port), SHOMEI_PUBLIC_URL, SHOMEI_VAR_DIR, SHOMEI_WORKERS, SHOMEI_RESIDENT_KEY_FILE.
+    Environment: DATABASE_URL, DATABASE_OWNER_URL, SHOMEI_PKCS11_MODULE, SHOMEI_PKCS11_TOKEN, SHOMEI_PKCS11_PIN_FILE,
+    SHOMEI_LISTEN (host:port), SHOMEI_PRIVATE_LISTEN (host:port), SHOMEI_PUBLIC_URL, SHOMEI_VAR_DIR, SHOMEI_WORKERS, SHOMEI_RESIDENT_KEY_FILE.
     Raises ConfigError (never a pydantic ValidationError) naming the key or variable at fault.
     """
     env = os.environ if env is None else env
@@ -294,6 +326,8 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
 
     if "DATABASE_URL" in env:
         cfg = _from_env(cfg, "DATABASE_URL", database_url=env["DATABASE_URL"] or None)
+    if "DATABASE_OWNER_URL" in env:
+        cfg = _from_env(cfg, "DATABASE_OWNER_URL", database_owner_url=env["DATABASE_OWNER_URL"] or None)
     if "SHOMEI_VAR_DIR" in env:
         cfg = _from_env(cfg, "SHOMEI_VAR_DIR", var_dir=env["SHOMEI_VAR_DIR"])
 
@@ -310,6 +344,13 @@ def load(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | 
         if not host or not _digits(port):
             raise ConfigError(f"SHOMEI_LISTEN must be host:port, got {listen!r}", field="SHOMEI_LISTEN")
         server = _from_env(server, "SHOMEI_LISTEN", host=host, port=int(port))
+    if "SHOMEI_PRIVATE_LISTEN" in env:
+        listen = env["SHOMEI_PRIVATE_LISTEN"]
+        host, _, port = listen.rpartition(":")
+        if not host or not _digits(port):
+            raise ConfigError(f"SHOMEI_PRIVATE_LISTEN must be host:port, got {listen!r}",
+                              field="SHOMEI_PRIVATE_LISTEN")
+        server = _from_env(server, "SHOMEI_PRIVATE_LISTEN", private_host=host, private_port=int(port))
     if "SHOMEI_PUBLIC_URL" in env:
         server = _from_env(server, "SHOMEI_PUBLIC_URL", public_base_url=env["SHOMEI_PUBLIC_URL"].rstrip("/"))
     if "SHOMEI_WORKERS" in env:

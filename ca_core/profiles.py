@@ -256,6 +256,27 @@ def responder_tbs(issuer: Issuer, *, spki_der: bytes, serial: int, not_before: d
     return _tbs(serial, issuer.algorithm, issuer.name, subject, spki, not_before, not_after, exts)
 
 
+def tls_tbs(issuer: Issuer, *, subject: x509.Name, spki_der: bytes, serial: int, not_before: dt.datetime,
+            not_after: dt.datetime, server: bool, dns_names: tuple[str, ...] = (),
+            ip_addresses: tuple[str, ...] = ()) -> x509.TbsCertificate:
+    """Certificate of a client (id-kp-clientAuth) or of the private listener (id-kp-serverAuth, with
+    its names as subjectAltName) issued by the operations CA (RFC 5280 4.2.1.3, 4.2.1.6, 4.2.1.12)."""
+    spki = keys.PublicKeyInfo.load(spki_der)
+    exts = [
+        _ext("basic_constraints", x509.BasicConstraints({"ca": False}), critical=True),
+        _ext("key_usage", x509.KeyUsage({"digital_signature", "key_encipherment"} if server
+                                        else {"digital_signature"}), critical=True),
+        _ext("extended_key_usage", x509.ExtKeyUsageSyntax(["server_auth" if server else "client_auth"])),
+        _ext("authority_key_identifier", _aki(issuer)),
+        _ext("key_identifier", core.OctetString(key_identifier(spki))),
+    ]
+    names = [x509.GeneralName(name="dns_name", value=d) for d in dns_names]
+    names += [x509.GeneralName(name="ip_address", value=a) for a in ip_addresses]
+    if names:
+        exts.append(_ext("subject_alt_name", x509.GeneralNames(names)))
+    return _tbs(serial, issuer.algorithm, issuer.name, subject, spki, not_before, not_after, exts)
+
+
 _SHORT = {"country_name": "C", "state_or_province_name": "ST", "locality_name": "L",
           "organization_name": "O", "organizational_unit_name": "OU", "common_name": "CN"}
 

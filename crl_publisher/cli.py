@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from ca_core.kinds import KINDS
-from plumbing.cli import CommandContext, pass_context
+from plumbing.cli import CommandContext, command_user, pass_context
+from storage import audit
 
 
 def register(main: click.Group) -> None:
@@ -54,6 +55,9 @@ def publish(ctx: CommandContext, ca_ids, kind, generation, partitions, no_progre
                     outcome = await pub.publish(target, progress=bar.update)
                     if outcome.published:
                         p = outcome.published
+                        async with rt.pool.acquire() as conn:
+                            await audit.record(conn, action="crl_published_by_operator", operator_id=command_user(),
+                                               details={"path": target.path, "number": p.number, "entries": p.entries})
                         lines.append(f"{target.path}: number {p.number}, {p.entries} entries, {p.bytes} octets, "
                                      f"{outcome.seconds:.3f} s")
                     else:

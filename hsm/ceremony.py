@@ -39,14 +39,33 @@ async def _key(signer: Signer, label: str, key_type: str) -> bytes:
     return spki
 
 
+# The audit key signs the checkpoints of the audit trail's hash chain (shomei/audit.py); `shomei audit
+# verify` checks them with its public key as the token holds it.
+AUDIT_KEY_LABEL = "shomei-audit"
+AUDIT_KEY_TYPE = "rsa2048"
+
+
+async def ensure_audit_key(signer: Signer) -> bool:
+    """The audit key pair in the token, created when missing; True when it was created now."""
+    missing = await signer.public_key(AUDIT_KEY_LABEL) is None
+    await _key(signer, AUDIT_KEY_LABEL, AUDIT_KEY_TYPE)
+    return missing
+
+
 async def create_root(signer: Signer, ca_id: str, generation: int, ca: CAConfig,
                       now: dt.datetime) -> MadeCertificate:
     """Key pair and self-signed certificate of one CA generation."""
-    label = ca_key_label(ca_id, generation)
-    alg = algorithm_for(ca.key_type)
-    spki = await _key(signer, label, ca.key_type)
-    not_after = now + dt.timedelta(days=ca.root_validity_days)
-    tbs = root_tbs(ca_name=build_name(ca.subject), spki_der=spki, alg=alg, serial=new_serial(),
+    return await create_self_signed(signer, ca_key_label(ca_id, generation), ca.subject, ca.key_type,
+                                    ca.root_validity_days, now)
+
+
+async def create_self_signed(signer: Signer, label: str, subject, key_type: str, days: int,
+                             now: dt.datetime) -> MadeCertificate:
+    """Key pair ``label`` in the token and a self-signed CA certificate of ``subject`` (name pairs)."""
+    alg = algorithm_for(key_type)
+    spki = await _key(signer, label, key_type)
+    not_after = now + dt.timedelta(days=days)
+    tbs = root_tbs(ca_name=build_name(subject), spki_der=spki, alg=alg, serial=new_serial(),
                    not_before=now, not_after=not_after)
     tbs_der = tbs.dump()
     sig = await signer.sign(label, alg, tbs_der)
@@ -64,4 +83,4 @@ async def create_responder(signer: Signer, issuer: Issuer, ca: CAConfig, now: dt
     return MadeCertificate(label, assemble_certificate(tbs_der, issuer.algorithm, sig), now, not_after)
 
 
-__all__ = ["MadeCertificate", "create_root", "create_responder", "ca_key_label", "SignatureAlgorithm"]
+__all__ = ["MadeCertificate", "create_root", "create_self_signed", "create_responder", "ca_key_label", "SignatureAlgorithm"]

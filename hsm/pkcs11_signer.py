@@ -273,6 +273,24 @@ class PKCS11Signer:
             raise HSMError(f"the token does not answer ({type(exc).__name__})") from None
 
 
+_WITHDRAWN: dict[str, str] = {}  # PINs taken out of os.environ, by variable name
+
+
+def withdraw_pin(pin_env: str) -> dict[str, str]:
+    """Take a PIN given in the environment out of os.environ, so that no child process (workers, psql,
+    softhsm2-util) inherits it; read_pin still finds it. Returns every PIN withdrawn so far (to hand to
+    a spawned worker through its arguments, never its environment)."""
+    value = os.environ.pop(pin_env, None)
+    if value:
+        _WITHDRAWN[pin_env] = value
+    return dict(_WITHDRAWN)
+
+
+def restore_withdrawn(pins: dict[str, str]) -> None:
+    """In a spawned worker: the PINs its parent withdrew."""
+    _WITHDRAWN.update(pins)
+
+
 def read_pin(pin_file: str | None, pin_env: str, environ=os.environ) -> str:
     """The user PIN from a file (preferred) or an environment variable; raises StartupError."""
     if pin_file:
@@ -280,7 +298,7 @@ def read_pin(pin_file: str | None, pin_env: str, environ=os.environ) -> str:
             return open(pin_file, encoding="utf-8").read().strip()
         except OSError as exc:
             raise StartupError(f"cannot read the PIN file {pin_file}: {exc.strerror}") from None
-    pin = environ.get(pin_env)
+    pin = environ.get(pin_env) or (_WITHDRAWN.get(pin_env) if environ is os.environ else None)
     if not pin:
         raise StartupError(f"no token PIN: set hsm.pin_file (SHOMEI_PKCS11_PIN_FILE) or {pin_env}")
     return pin

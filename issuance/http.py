@@ -12,7 +12,7 @@ from ca_core.clock import format_rfc3339
 from ca_core.resident import BasicFour
 from ca_core.serials import serial_hex
 from plumbing.auth import ClientCache, authenticate, operator_id
-from plumbing.http import read_model
+from plumbing.http import private, read_model
 
 from .service import IssuanceService, IssueRequest
 
@@ -71,9 +71,10 @@ class IssuanceEndpoints:
         self.clients = clients
         self.max_body_bytes = max_body_bytes
 
+    @private
     async def post_certificates(self, request: web.Request) -> web.Response:
         client = await authenticate(request, self.clients, "terminal")
-        operator = operator_id(request)
+        operator = await operator_id(request, self.clients, client)
         body = await read_model(request, IssueBody, self.max_body_bytes)
         result = await self.service.issue(client, operator, body.to_request())
         payload = {"request_id": body.request_id, "certificates": [

@@ -1,5 +1,8 @@
-"""Client authentication: bearer credentials of terminals, the feed and OCSP verifiers, and the
-clerk's operator id. Which kinds may call what is decided by each handler (least privilege)."""
+"""Who is calling. Terminals, the call centre and the feed are identified by the certificate they
+presented on the private listener (its serial, put on the request by the shell's listener middleware
+as CLIENT_SERIAL); OCSP verifiers by a bearer credential. A terminal's request also names its clerk,
+who must be a registered, enabled operator of the client's municipality (national: of the call centre).
+Which kinds may call what is decided by each handler (least privilege)."""
 from __future__ import annotations
 
 import re
@@ -9,32 +12,49 @@ from aiohttp import web
 
 from ca_core import errors
 from storage import clients as client_store
+from storage import operators as operator_store
 from storage.clients import Client
+
+CLIENT_SERIAL = web.RequestKey("client_serial", bytes)  # set by the listener middleware, never by a header
 
 
 class ClientCache:
-    """Bearer credential -> client, cached briefly to spare a query per request."""
+    """Clients by certificate serial or verifier credential, and operator registrations, kept briefly
+    to spare a query per request. Cleared whenever any process changes a client or an operator (status
+    channel); the time limit covers a lost channel."""
+
+    MAX_ENTRIES = 10_000
 
     def __init__(self, pool, ttl: float = 30.0):
         self._pool = pool
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, Client | None]] = {}
+        self._cache: dict[tuple, tuple[float, object]] = {}
 
     def clear(self) -> None:
-        """Forget every credential (one was disabled or rotated: told through the status channel)."""
         self._cache.clear()
 
-    async def lookup(self, token: str) -> Client | None:
+    async def _get(self, key: tuple, query):
         now = time.monotonic()
-        hit = self._cache.get(token)
+        hit = self._cache.get(key)
         if hit and hit[0] > now:
             return hit[1]
         async with self._pool.acquire() as conn:
-            client = await client_store.find_by_token(conn, token)
-        if len(self._cache) > 10_000:
+            value = await query(conn)
+        if len(self._cache) >= self.MAX_ENTRIES:
             self._cache.clear()
-        self._cache[token] = (now + self._ttl, client)
-        return client
+        self._cache[key] = (now + self._ttl, value)
+        return value
+
+    async def lookup_certificate(self, serial: bytes) -> Client | None:
+        return await self._get(("cert", serial), lambda conn: client_store.find_by_certificate(conn, serial))
+
+    async def lookup(self, token: str) -> Client | None:
+        """A verifier's bearer credential."""
+        return await self._get(("token", token), lambda conn: client_store.find_by_token(conn, token))
+
+    async def operator_enabled(self, scope: str, operator: str) -> bool:
+        return await self._get(("operator", scope, operator),
+                               lambda conn: operator_store.is_enabled(conn, scope, operator))
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -45,23 +65,32 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 async def authenticate(request: web.Request, cache: ClientCache, *kinds: str) -> Client:
-    """The calling client, which must be of one of ``kinds``: 401 unknown, 403 wrong kind."""
-    token = bearer_token(request)
-    if token is None:
-        raise errors.Unauthenticated("missing bearer credential (Authorization: Bearer <credential>)")
-    client = await cache.lookup(token)
+    """The calling client, which must be of one of ``kinds``; 403 without a client certificate (behind a
+    proxy that passed none: the TLS listener refuses those at the handshake), for a certificate that is
+    unknown, retired or of a disabled client, or of another kind."""
+    serial = request.get(CLIENT_SERIAL)
+    if serial is None:
+        raise errors.Forbidden("a client certificate of the operations CA is required",
+                               code="client_certificate_required")
+    client = await cache.lookup_certificate(serial)
     if client is None:
-        raise errors.Unauthenticated("unknown or disabled credential")
+        raise errors.Forbidden("this client certificate is unknown, rotated away or of a disabled client",
+                               code="client_not_authorised")
     if client.kind not in kinds:
-        raise errors.Forbidden(f"a {client.kind} credential may not call this endpoint")
+        raise errors.Forbidden(f"a {client.kind} client may not call this endpoint", code="wrong_client_kind")
     return client
 
 
 _OPERATOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
-def operator_id(request: web.Request) -> str:
-    """The clerk's operator id (X-Operator-Id), required on every terminal request."""
+def valid_operator_id(value: str) -> bool:
+    return bool(_OPERATOR.match(value))
+
+
+async def operator_id(request: web.Request, cache: ClientCache, client: Client) -> str:
+    """The clerk's operator id (X-Operator-Id), required on every terminal request, registered and
+    enabled in the client's scope (its municipality; the call centre's: national)."""
     value = request.headers.get("X-Operator-Id")
     if value is None:
         raise errors.InvalidRequest("missing X-Operator-Id header", field="X-Operator-Id",
@@ -69,4 +98,8 @@ def operator_id(request: web.Request) -> str:
     if not _OPERATOR.match(value):
         raise errors.InvalidRequest("X-Operator-Id must be 1-64 characters of A-Z a-z 0-9 . _ @ -",
                                     field="X-Operator-Id", code="invalid_operator_id")
+    scope = client.municipality_code or operator_store.NATIONAL
+    if not await cache.operator_enabled(scope, value):
+        raise errors.Forbidden(f"operator {value!r} is not a registered, enabled operator of {scope}",
+                               field="X-Operator-Id", code="unknown_operator")
     return value

@@ -4,6 +4,7 @@ use case's CLI needs nothing of the shell."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import sys
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
@@ -16,6 +17,14 @@ from ca_core.errors import ShomeiError
 from .runtime import Runtime, open_runtime
 
 T = TypeVar("T")
+
+
+def command_user() -> str:
+    """Who runs an operator command (the operating-system user), for its audit record."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def fail(exc: ShomeiError) -> None:

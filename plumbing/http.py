@@ -161,3 +161,17 @@ def parse_model(model: type[pydantic.BaseModel], data):
         if first["type"] == "missing":
             raise errors.InvalidRequest(f"missing field {field}", field=field, code="missing_field") from None
         raise errors.InvalidRequest(f"{field}: {first['msg']}", field=field, code="invalid_field") from None
+
+
+PRIVATE = "shomei_private_listener"
+
+
+def private(handler):
+    """Mark a handler as served on the private listener only (terminals, the feed, operations); the
+    shell answers 404 for it on the public listener."""
+    setattr(handler, PRIVATE, True)
+    return handler
+
+
+def is_private(handler) -> bool:
+    return bool(getattr(handler, PRIVATE, False))

@@ -86,7 +86,7 @@ async def open_runtime(cfg: Config, *, clock: Clock | None = None, migrate: bool
     if cfg.database_url is None:
         raise ConfigError("no database configured (DATABASE_URL)")
     if migrate:
-        db.migrate(cfg.database_url)
+        db.migrate(cfg.database_url, owner_url=cfg.database_owner_url)
     pin = read_pin(cfg.hsm.pin_file, cfg.hsm.pin_env)
     signer = PKCS11Signer(cfg.hsm.module, cfg.hsm.token_label, pin)
     try:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import click
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = "http://127.0.0.1:8080"  # the public listener: the online window
+PRIVATE_URL = "https://127.0.0.1:8443"  # the private listener: the feed, with the feed's client certificate
 
 
-def _post(url: str, data: bytes, headers: dict, timeout: float = 300) -> tuple[int, dict, dict]:
+def _post(url: str, data: bytes, headers: dict, timeout: float = 300, context=None) -> tuple[int, dict, dict]:
     req = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, json.loads(resp.read()), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -132,21 +133,30 @@ def register(main: click.Group) -> None:
 
     @feed.command("import")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--url", default=DEFAULT_URL, show_default=True)
-    @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
-                  default=Path("var/demo-feed.token"), show_default=True, help="The feed credential.")
+    @click.option("--url", default=PRIVATE_URL, show_default=True, help="The private listener.")
+    @click.option("--cert", "cert_file", type=click.Path(dir_okay=False, path_type=Path),
+                  default=Path("var/tls/demo-feed.crt"), show_default=True, help="The feed's client certificate.")
+    @click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+                  default=Path("var/tls/demo-feed.key"), show_default=True, help="Its private key.")
+    @click.option("--cacert", "ca_file", type=click.Path(dir_okay=False, path_type=Path),
+                  default=Path("var/tls/operations-ca.pem"), show_default=True,
+                  help="The CA of the server's certificate (the operations CA).")
     @click.option("--batch-size", type=click.IntRange(1, 200_000), default=20_000, show_default=True)
     @click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True)
-    def feed_import(file: Path, url: str, token_file: Path, batch_size: int, retries: int) -> None:
+    def feed_import(file: Path, url: str, cert_file: Path, key_file: Path, ca_file: Path, batch_size: int,
+                    retries: int) -> None:
         """Send the events of FILE (JSON lines: event_id, resident_code, kind, occurred_at) in batches.
         Safe to run again: events already applied are answered 'duplicate'."""
+        import ssl
+
         from tqdm import tqdm
 
         try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise click.ClickException(f"cannot read the feed credential {token_file}: {exc.strerror}") from None
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"}
+            context = ssl.create_default_context(cafile=str(ca_file))
+            context.load_cert_chain(str(cert_file), str(key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise click.ClickException(f"cannot load the feed's TLS credentials: {exc}") from None
+        headers = {"Content-Type": "application/x-ndjson"}
         totals = {"applied": 0, "duplicate": 0, "no_certificate": 0, "issued_after_event": 0, "rejected": 0}
         rejected = []
         with tqdm(total=_count_lines(file), unit="event", desc="feed", file=sys.stderr) as bar:
@@ -154,7 +164,8 @@ def register(main: click.Group) -> None:
                 data = b"\n".join(batch) + b"\n"
                 for attempt in range(retries + 1):
                     try:
-                        status, body, hdrs = _post(url.rstrip("/") + "/v1/residency-events", data, headers)
+                        status, body, hdrs = _post(url.rstrip("/") + "/v1/residency-events", data, headers,
+                                                   context=context)
                     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                         status, body, hdrs = 0, {"error": {"code": "unreachable", "message": str(exc)}}, {}
                     if status in (0, 503) and attempt < retries:

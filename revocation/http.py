@@ -21,7 +21,7 @@ from ca_core.config import RevocationConfig
 from ca_core.kinds import AUTH, KINDS, Kind
 from ca_core.serials import parse_serial_hex
 from plumbing.auth import ClientCache, authenticate, operator_id
-from plumbing.http import read_body, read_model
+from plumbing.http import private, read_body, read_model
 from plumbing.tasks import run_in_background
 from storage import online_nonces
 
@@ -110,20 +110,24 @@ class RevocationEndpoints:
         # The call centre (national) may place holds anywhere, and nothing else (docs/domain.md).
         kinds = ("terminal", "national") if action == "hold" else ("terminal",)
         client = await authenticate(request, self.clients, *kinds)
-        operator = operator_id(request)
+        operator = await operator_id(request, self.clients, client)
         body = await read_model(request, model, self.max_body_bytes)
         result = await self.window.handle(client, operator, _window_request(action, body, default_kinds))
         return web.json_response(result.body, status=201 if result.created else 200)
 
+    @private
     async def post_revocations(self, request: web.Request) -> web.Response:
         return await self._window(request, "revoke", RevokeBody, ())
 
+    @private
     async def post_holds(self, request: web.Request) -> web.Response:
         return await self._window(request, "hold", HoldBody, KINDS)
 
+    @private
     async def post_hold_release(self, request: web.Request) -> web.Response:
         return await self._window(request, "release", HoldBody, (AUTH,))
 
+    @private
     async def post_residency_events(self, request: web.Request) -> web.Response:
         client = await authenticate(request, self.clients, "feed")
         cfg = self.settings

@@ -8,8 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from ca_core.errors import NotFound, ShomeiError
 from ca_core.kinds import KINDS
-from plumbing.http import error_middleware
+from plumbing.http import error_middleware, private
 from plumbing.runtime import Runtime
+from shomei.listeners import ON_PRIVATE, Listeners, listener_middleware
 from shomei.supervisor import read_state
 from storage import crls, db
 
@@ -54,12 +55,15 @@ async def healthz(request: web.Request) -> web.Response:
         checks["workers"] = {"live": supervised["live"], "expected": supervised["expected"],
                              "restarts": supervised["restarts"]}
     ok = checks["database"] == "ok" and checks["token"] == "ok" and "missing" not in checks["cas"].values()
+    if not request.get(ON_PRIVATE):  # the public listener tells a load balancer ok or not, nothing more
+        return web.json_response({"status": "ok" if ok else "unavailable"}, status=200 if ok else 503)
     body = {"status": "ok" if ok else "unavailable", "checks": checks, "worker": rt.worker_index}
     if warnings:
         body["warnings"] = warnings
     return web.json_response(body, status=200 if ok else 503)
 
 
+@private
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -98,14 +102,16 @@ async def ca_list(request: web.Request) -> web.Response:
         for i in rt.issuers]})
 
 
-def make_app(rt: Runtime) -> web.Application:
-    """Build the application around an open Runtime."""
+def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application:
+    """Build the application around an open Runtime, for the sites of ``listeners`` (shomei.listeners);
+    without them, every site is public (private endpoints answer 404)."""
+    listeners = listeners if listeners is not None else Listeners()
     import crl_publisher.http as crl_http
     import issuance.http as issuance_http
     import ocsp_responder.http as ocsp_http
     import revocation.http as revocation_http
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=rt.cfg.server.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, listener_middleware(listeners)], client_max_size=rt.cfg.server.max_body_bytes)
     app[RT] = rt
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -114,6 +120,11 @@ def make_app(rt: Runtime) -> web.Application:
     app.router.add_get("/ca/{ca}/{key_id}.crt", ca_certificate)
     for component in (issuance_http, revocation_http, crl_http, ocsp_http):
         component.setup(app, rt)
+    if rt.worker_index is not None:  # `shomei serve`: every worker may sign the audit checkpoint that is due
+        from plumbing.tasks import run_in_background
+        from shomei.audit import checkpoint_loop
+
+        run_in_background(app, "audit-checkpoints", lambda: checkpoint_loop(rt))
 
     async def status_channel(_app):  # one LISTEN connection per process, shared by its applications
         await rt.status.start()

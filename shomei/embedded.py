@@ -62,15 +62,24 @@ def _pg_bin(name: str) -> str:
 class EmbeddedPostgres:
     """A private PostgreSQL cluster in ``root`` listening on 127.0.0.1:``port`` with password auth.
 
+    Two roles: ``shomei`` (the cluster's superuser, password in ``password``) owns the schema and
+    applies migrations (``owner_url``); ``shomei_app`` (password in ``app-password``) is what the
+    service connects as (``url``), granted its privileges by the migrations (storage.db.migrate).
+    ``service_can_create_databases`` lets ``shomei_app`` create databases of its own (the scratch
+    databases of tests and benchmarks); the embedded default of ``make run`` turns it off.
+
     PostgreSQL refuses to run as root, so when we are root the server runs as the ``postgres`` user.
     """
 
-    def __init__(self, root: Path, port: int):
+    def __init__(self, root: Path, port: int, *, service_can_create_databases: bool = True):
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.port = port
         self.password_file = self.root / "password"
         self.user = "shomei"
+        self.app_password_file = self.root / "app-password"
+        self.app_user = "shomei_app"
+        self.service_can_create_databases = service_can_create_databases
         self.started_here = False  # True when ensure_started started the server (so we stop it)
         self._run_as = None
         if os.geteuid() == 0:
@@ -81,6 +90,13 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
+        """What the service connects with (DATABASE_URL): the service role."""
+        password = self.app_password_file.read_text().strip()
+        return f"postgresql://{self.app_user}:{password}@127.0.0.1:{self.port}/shomei"
+
+    @property
+    def owner_url(self) -> str:
+        """What migrations run with (DATABASE_OWNER_URL): the owner of the schema."""
         password = self.password_file.read_text().strip()
         return f"postgresql://{self.user}:{password}@127.0.0.1:{self.port}/shomei"
 
@@ -149,6 +165,22 @@ class EmbeddedPostgres:
             raise ConfigError(f"cannot reach the embedded PostgreSQL: {res.stderr.strip()}")
         if res.stdout.strip() != "1":
             subprocess.run(base + ["CREATE DATABASE shomei"], check=True, capture_output=True, env=env)
+        self._ensure_service_role(env)
+
+    def _ensure_service_role(self, env: dict) -> None:
+        """The service role, with its password file (made on first start). The SQL, password included,
+        goes to psql's standard input, never on a command line."""
+        password = read_or_create_secret(self.app_password_file)
+        createdb = "CREATEDB" if self.service_can_create_databases else "NOCREATEDB"
+        script = (f"SELECT 'CREATE ROLE {self.app_user}' WHERE NOT EXISTS"
+                  f" (SELECT 1 FROM pg_roles WHERE rolname = '{self.app_user}') \\gexec\n"
+                  f"ALTER ROLE {self.app_user} WITH LOGIN NOSUPERUSER NOCREATEROLE {createdb}"
+                  f" PASSWORD '{password}';\n")
+        res = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                              "-U", self.user, "-d", "postgres"], input=script, capture_output=True, text=True, check=False,
+                             env=env)
+        if res.returncode:
+            raise ConfigError(f"cannot create the service role {self.app_user}: {res.stderr.strip()[-300:]}")
 
     def stop(self) -> None:
         if self.data.exists() and self.running():
@@ -243,7 +275,7 @@ def prepare_embedded(cfg: Config) -> tuple[Config, bool]:
     and whether this call started PostgreSQL (then the caller stops it with stop_embedded)."""
     var = Path(cfg.var_dir).resolve()
     var.mkdir(parents=True, exist_ok=True)
-    pg = EmbeddedPostgres(var / "pg", EMBEDDED_PG_PORT)
+    pg = EmbeddedPostgres(var / "pg", EMBEDDED_PG_PORT, service_can_create_databases=False)
     url = pg.ensure_started()
     token = EmbeddedToken(var / "softhsm").ensure()
     key_file = var / "resident-hash.key"
@@ -251,6 +283,7 @@ def prepare_embedded(cfg: Config) -> tuple[Config, bool]:
         write_secret(key_file, secrets.token_bytes(32))
     return cfg.replace(
         database_url=url,
+        database_owner_url=pg.owner_url,
         hsm=cfg.hsm.replace(module=token.module, token_label=token.label, pin_file=token.pin_file),
         security=cfg.security.replace(resident_hash_key_file=str(key_file)),
     ), pg.started_here

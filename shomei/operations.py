@@ -1,16 +1,16 @@
 """Operator procedures that span use cases: the key ceremony (CA generations, then their OCSP
-responders), CA key rollover, and the embedded default's demo clients."""
+responders), and CA key rollover."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from ca_core.ca import IssuerSet
+from hsm import ceremony
 from issuance import ca_keys
 from ocsp_responder import responders
+from plumbing.cli import command_user
 from plumbing.runtime import Runtime
-from shomei.embedded import write_secret
-from storage import cas, clients as client_store
+from storage import audit, cas
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ async def run_ceremony(rt: Runtime) -> list[str]:
             done = await ca_keys.ensure_generations(conn, rt.signer, rt.cfg.ca, now)
             issuers = IssuerSet(await cas.list_generations(conn))
             done += await responders.renew_due(conn, rt.signer, issuers, rt.cfg.ca, now)
+            if await ceremony.ensure_audit_key(rt.signer):
+                done.append(f"created the audit key {ceremony.AUDIT_KEY_LABEL}")
+            if done:
+                await audit.record(conn, action="ceremony", operator_id=command_user(), details={"done": done})
     await rt.reload_issuers()
     return done
 
@@ -39,21 +43,7 @@ async def rollover(rt: Runtime, ca_id: str) -> str:
             generation = await ca_keys.new_generation(conn, rt.signer, rt.cfg.ca, ca_id, now)
             issuers = IssuerSet(await cas.list_generations(conn))
             await responders.renew_due(conn, rt.signer, issuers, rt.cfg.ca, now)
+            await audit.record(conn, action="ca_rollover", operator_id=command_user(),
+                               details={"ca": ca_id, "generation": generation})
     await rt.reload_issuers()
     return f"CA {ca_id} generation {generation} is now current"
-
-
-async def ensure_demo_client(rt: Runtime, *, kind: str, name: str, token_file: Path,
-                             municipality_code: str | None = None) -> str:
-    """Register a demo client once and keep its credential in ``token_file`` (0600)."""
-    async with rt.pool.acquire() as conn:
-        client = await client_store.find_by_name(conn, name)
-        if client and token_file.exists():
-            return token_file.read_text().strip()
-        if client:
-            token = await client_store.rotate_token(conn, client.id)
-        else:
-            _client, token = await client_store.register(conn, kind=kind, name=name,
-                                                         municipality_code=municipality_code)
-    write_secret(token_file, token + "\n")
-    return token

@@ -48,7 +48,8 @@ def cfg(pg, token, stack_dir):
     key_file.write_bytes(secrets.token_bytes(32))
     base = config.load(env={})
     return base.replace(
-        database_url=pg.url,
+        database_url=pg.url,  # the service role; migrations run as the owner
+        database_owner_url=pg.owner_url,
         var_dir=str(stack_dir / "var"),
         hsm=base.hsm.replace(module=token.module, token_label=token.label, pin_file=token.pin_file),
         security=base.security.replace(resident_hash_key_file=str(key_file)),
@@ -69,40 +70,59 @@ async def rt(cfg):
 
 
 @pytest_asyncio.fixture(scope="session")
-async def http(rt):
-    """An aiohttp test client on a real loopback server running the whole application."""
-    from aiohttp.test_utils import TestClient, TestServer
+async def tls(rt):
+    """The private listener's files (operations CA, server certificate), as `shomei serve` makes them."""
+    from shomei.credentials import ensure_tls_files
 
+    return await ensure_tls_files(rt)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def terminal(rt, stack_dir, tls):
+    """A terminal of Chiyoda-ku (131016) with its client certificate; its operator clerk-01 registered."""
+    from tests.tls_clients import make_credential
+
+    return await make_credential(rt, stack_dir / "clients", kind="terminal", name="test-terminal-131016",
+                                 municipality_code="131016")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def feed(rt, stack_dir, tls):
+    """The resident-register feed's client certificate."""
+    from tests.tls_clients import make_credential
+
+    return await make_credential(rt, stack_dir / "clients", kind="feed", name="test-feed")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def servers(rt, tls, terminal):
+    """The whole application on both listeners of a real loopback server (free ports), as a worker of
+    `shomei serve` runs it (tests.tls_clients.TestServers)."""
     from ocsp_responder.http import SERVICE
     from shomei.app import make_app
+    from shomei.listeners import Listeners
     from tests.ocsp_helpers import use_responder
+    from tests.tls_clients import TestServers
 
-    app = make_app(rt)
+    listeners = Listeners()
+    app = make_app(rt, listeners)
     use_responder(app[SERVICE])
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    yield client
-    await client.close()
+    servers = await TestServers.start(rt, tls, default=terminal.ssl, app=app, listeners=listeners)
+    yield servers
+    await servers.close()
 
 
-@pytest_asyncio.fixture(scope="session")
-async def terminal(rt):
-    """Bearer credential of a terminal of Chiyoda-ku (131016)."""
-    from storage import clients
-
-    async with rt.pool.acquire() as conn:
-        _c, tok = await clients.register(conn, kind="terminal", name="test-terminal-131016",
-                                         municipality_code="131016")
-    return tok
+@pytest.fixture(scope="session")
+def http(servers):
+    """A client of the private listener (HTTPS); requests present the terminal's certificate unless
+    they pass another credential's ``ssl`` (``**credential.auth()``)."""
+    return servers.private
 
 
-@pytest_asyncio.fixture(scope="session")
-async def feed_token(rt):
-    from storage import clients
-
-    async with rt.pool.acquire() as conn:
-        _c, tok = await clients.register(conn, kind="feed", name="test-feed")
-    return tok
+@pytest.fixture(scope="session")
+def public(servers):
+    """A client of the public listener (plain HTTP: CRLs, OCSP, CA certificates, the online window)."""
+    return servers.public
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +152,7 @@ def stack_env(cfg, token):
     env = dict(os.environ)
     env.update({
         "DATABASE_URL": cfg.database_url,
+        "DATABASE_OWNER_URL": cfg.database_owner_url,
         "SHOMEI_PKCS11_MODULE": cfg.hsm.module,
         "SHOMEI_PKCS11_TOKEN": cfg.hsm.token_label,
         "SHOMEI_PKCS11_PIN_FILE": cfg.hsm.pin_file,

@@ -64,12 +64,9 @@ def issue_body(keys, *, kinds=("signing", "auth"), request_id: str | None = None
     return body
 
 
-def headers(token: str, operator: str = "clerk-01") -> dict:
-    return {"Authorization": f"Bearer {token}", "X-Operator-Id": operator}
-
-
-async def issue(http, token: str, body: dict, expect: int = 201) -> dict:
-    resp = await http.post("/v1/certificates", json=body, headers=headers(token))
+async def issue(http, credential, body: dict, expect: int = 201) -> dict:
+    """Issue through the private listener as ``credential`` (tests.tls_clients.Credential)."""
+    resp = await http.post("/v1/certificates", json=body, **credential.auth())
     data = await resp.json()
     assert resp.status == expect, data
     return data

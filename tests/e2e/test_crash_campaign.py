@@ -9,6 +9,10 @@ HTTP:
   thisUpdate (of a certificate not expired then);
 - OCSP agrees with the database.
 
+The terminal (issuance, revocations, holds) and the feed call the private listener (HTTPS, each with a
+client certificate of the operations CA issued for this test); online applications, CRLs, CA
+certificates and OCSP are on the public one.
+
 `make test` runs a few trials (SHOMEI_CRASH_TRIALS, default 3); `make soak` runs 100 and prints the
 table of trials and findings.
 """
@@ -34,9 +38,9 @@ from cryptography.x509 import ocsp
 
 from revocation import online_client
 from shomei.embedded import free_port
-from storage import clients
 from tests.helpers import KeyPool, csr_pem, resident
 from tests.ocsp_helpers import get_path, request_der
+from tests.tls_clients import Credential, make_credential
 
 EXE = str(Path(sys.executable).with_name("shomei"))
 TRIALS = int(os.environ.get("SHOMEI_CRASH_TRIALS", "3"))
@@ -64,8 +68,10 @@ class Ledger:
 
 
 class Traffic:
-    def __init__(self, port: int, terminal: str, feed: str, keys: list, csrs: list, tag: str):
+    def __init__(self, port: int, private_port: int, terminal: Credential, feed: Credential, keys: list,
+                 csrs: list, tag: str):
         self.base = f"http://127.0.0.1:{port}"
+        self.private = f"https://127.0.0.1:{private_port}"
         self.terminal, self.feed, self.keys, self.csrs, self.tag = terminal, feed, keys, csrs, tag
         self.ledger = Ledger(tag=tag)
         self.rng = random.Random(tag)
@@ -76,7 +82,7 @@ class Traffic:
         return f"crash-{self.tag}-{what}-{self.n}"
 
     def _hdr(self) -> dict:
-        return {"Authorization": f"Bearer {self.terminal}", "X-Operator-Id": "clerk-crash"}
+        return self.terminal.auth()["headers"]  # X-Operator-Id of the terminal's registered operator
 
     async def issue(self, http) -> None:
         i = self.rng.randrange(len(self.keys))
@@ -130,8 +136,7 @@ class Traffic:
                    else "".join(self.rng.choice("0123456789") for _ in range(11)),
                    "kind": self.rng.choice(["moved", "died", "municipal_merger"]), "occurred_at": occurred}
                   for _ in range(20)]
-        async with http.post("/v1/residency-events", json={"events": events},
-                             headers={"Authorization": f"Bearer {self.feed}"}) as resp:
+        async with http.post("/v1/residency-events", json={"events": events}) as resp:
             if resp.status == 200:
                 self.ledger.acked_events.update(e["event_id"] for e in events)
 
@@ -154,8 +159,12 @@ class Traffic:
                 self.ledger.served_crls.append(await resp.read())
 
     async def run(self, until: float) -> None:
-        async def loop(action, pause):
-            async with aiohttp.ClientSession(self.base, timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async def loop(action, pause, credential: Credential | None = None):
+            """``action`` again and again; on the private listener as ``credential`` if given."""
+            base = self.private if credential else self.base
+            connector = aiohttp.TCPConnector(ssl=credential.ssl) if credential else None
+            async with aiohttp.ClientSession(base, connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=10)) as http:
                 while time.monotonic() < until:
                     try:
                         await action(http)
@@ -163,22 +172,30 @@ class Traffic:
                         await asyncio.sleep(0.05)  # the service is gone: what was in flight is unacknowledged
                     await asyncio.sleep(pause)
 
-        await asyncio.gather(loop(self.issue, 0), loop(self.issue, 0), loop(self.revoke, 0.02),
-                             loop(self.hold, 0.05), loop(self.feed_batch, 0.1), loop(self.online, 0.05),
+        t, f = self.terminal, self.feed
+        await asyncio.gather(loop(self.issue, 0, t), loop(self.issue, 0, t), loop(self.revoke, 0.02, t),
+                             loop(self.hold, 0.05, t), loop(self.feed_batch, 0.1, f), loop(self.online, 0.05),
                              loop(self.fetch_crl, 0.2))
 
 
-async def _start(env: dict, port: int) -> subprocess.Popen:
+async def _workers_live(private_port: int, credential: Credential) -> int | None:
+    """Live workers, from the detailed /healthz of the private listener (None: no answer)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"https://127.0.0.1:{private_port}/healthz", ssl=credential.ssl) as resp:
+            body = await resp.json()
+            return body["checks"].get("workers", {}).get("live") if resp.status == 200 else None
+
+
+async def _start(env: dict, port: int, private_port: int, credential: Credential) -> subprocess.Popen:
     proc = subprocess.Popen([EXE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     async with aiohttp.ClientSession() as http:
         for _ in range(300):
             try:
                 async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    body = await resp.json()
-                    if resp.status == 200 and body["checks"].get("workers", {}).get("live") == 2:
+                    if resp.status == 200 and await _workers_live(private_port, credential) == 2:
                         return proc
-            except (aiohttp.ClientError, ValueError):
+            except (aiohttp.ClientError, ValueError, OSError):
                 pass
             await asyncio.sleep(0.2)
     raise AssertionError("serve did not become ready")
@@ -275,33 +292,39 @@ async def _findings(rt, ledger: Ledger, port: int, ca_der: bytes) -> list[str]:
                 answer = ocsp.load_der_ocsp_response(await resp.read())
             want = {"valid": ocsp.OCSPCertStatus.GOOD}.get(statuses.get(serial), ocsp.OCSPCertStatus.REVOKED)
             if answer.certificate_status != want:
-                found.append(f"OCSP says {answer.certificate_status.name} for a {statuses.get(serial)} certificate")
+                async with rt.pool.acquire() as conn:
+                    revs = await conn.fetch("SELECT * FROM revocation WHERE serial=$1", serial.to_bytes(16, "big"))
+                    st = await conn.fetchrow("SELECT * FROM certificate WHERE serial=$1", serial.to_bytes(16, "big"))
+                print("DBG", answer.certificate_status, answer.revocation_time_utc, answer.revocation_reason, answer.this_update_utc,
+                      [{k: v for k, v in dict(r).items() if k != "entry_der"} for r in revs],
+                      {k: v for k, v in dict(st).items() if k != "der"})
+                found.append(f"OCSP says {answer.certificate_status.name} for a {statuses.get(serial)} certificate"
+                             f" ({serial:032x})")
     return found
 
 
 @pytest.mark.slow
-async def test_crash_campaign(rt, stack_env, tmp_path):
+async def test_crash_campaign(rt, tls, stack_env, tmp_path):
     pool = KeyPool()
     keys = [pool.new() for _ in range(6)]
     csrs = [csr_pem(k) for k in keys]
-    async with rt.pool.acquire() as conn:
-        _c, terminal = await clients.register(conn, kind="terminal", name=f"crash-{secrets.token_hex(4)}",
-                                              municipality_code="131016")
-        _c, feed = await clients.register(conn, kind="feed", name=f"crash-feed-{secrets.token_hex(4)}")
+    terminal = await make_credential(rt, tmp_path / "clients", kind="terminal", name=f"crash-{secrets.token_hex(4)}",
+                                     municipality_code="131016", operators=("clerk-crash",))
+    feed = await make_credential(rt, tmp_path / "clients", kind="feed", name=f"crash-feed-{secrets.token_hex(4)}")
     config = tmp_path / "shomei.toml"
     config.write_text("[crl]\ntick_seconds = 1\nfull_interval_minutes = 1\nfull_validity_minutes = 10\n"
                       "delta_interval_minutes = 1\ndelta_validity_minutes = 10\n")
-    port = free_port()
-    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_CONFIG": str(config),
-           "SHOMEI_VAR_DIR": str(tmp_path / "var"), "SHOMEI_WORKERS": "2"}
+    port, private_port = free_port(), free_port()
+    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_PRIVATE_LISTEN": f"127.0.0.1:{private_port}",
+           "SHOMEI_CONFIG": str(config), "SHOMEI_VAR_DIR": str(tmp_path / "var"), "SHOMEI_WORKERS": "2"}
     ca_der = rt.issuers.current("auth").certificate_der
     rng = random.Random(os.environ.get("SHOMEI_CRASH_SEED", "crash"))
     table = []
-    proc = await _start(env, port)
+    proc = await _start(env, port, private_port, terminal)
     try:
         for trial in range(1, TRIALS + 1):
             tag = f"{secrets.token_hex(3)}{trial}"
-            traffic = Traffic(port, terminal, feed, keys, csrs, tag)
+            traffic = Traffic(port, private_port, terminal, feed, keys, csrs, tag)
             whole = rng.random() < 0.5
             kill_after = rng.uniform(0.3, 2.5)
             running = asyncio.create_task(traffic.run(time.monotonic() + kill_after + 0.5))
@@ -313,13 +336,10 @@ async def test_crash_campaign(rt, stack_env, tmp_path):
                 os.kill(rng.choice(_workers(proc.pid)), signal.SIGKILL)
             await running
             if whole:
-                proc = await _start(env, port)
+                proc = await _start(env, port, private_port, terminal)
             else:
                 for _ in range(150):  # the supervisor replaces the worker
-                    async with aiohttp.ClientSession() as http:
-                        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                            workers = (await resp.json())["checks"].get("workers", {})
-                    if workers.get("live") == 2:
+                    if await _workers_live(private_port, terminal) == 2:
                         break
                     await asyncio.sleep(0.2)
             findings = await _findings(rt, traffic.ledger, port, ca_der)

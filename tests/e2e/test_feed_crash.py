@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 from shomei.embedded import free_port
 from tests.helpers import resident_code
 from tests.integration.revocation_support import synthetic_residents
+from tests.tls_clients import Credential
 
 EXE = str(Path(sys.executable).with_name("shomei"))
 N = 100_000
@@ -28,7 +30,8 @@ WITH_CERTS = 20_000
 CHUNK = 5_000
 
 
-def _start(env: dict, port: int) -> subprocess.Popen:
+def _start(env: dict, port: int, private_port: int) -> subprocess.Popen:
+    """`shomei serve`, ready: the public /healthz answers and the private listener accepts connections."""
     proc = subprocess.Popen([EXE, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -36,18 +39,20 @@ def _start(env: dict, port: int) -> subprocess.Popen:
             raise AssertionError(f"serve exited: {proc.stderr.read().decode()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                socket.create_connection(("127.0.0.1", private_port), timeout=2).close()
                 return proc
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, OSError):
             time.sleep(0.3)
     proc.kill()
     raise AssertionError("serve did not become ready")
 
 
-def _send(port: int, token: str, data: bytes) -> tuple[int, dict | None]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/residency-events", data=data, method="POST",
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"})
+def _send(private_port: int, feed: Credential, data: bytes) -> tuple[int, dict | None]:
+    """POST the batch to the private listener with the feed's client certificate."""
+    req = urllib.request.Request(f"https://127.0.0.1:{private_port}/v1/residency-events", data=data,
+                                 method="POST", headers={"Content-Type": "application/x-ndjson"})
     try:
-        with urllib.request.urlopen(req, timeout=300) as r:
+        with urllib.request.urlopen(req, timeout=300, context=feed.ssl) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -56,7 +61,7 @@ def _send(port: int, token: str, data: bytes) -> tuple[int, dict | None]:
 
 
 @pytest.mark.slow
-async def test_kill_during_feed_batch_then_resend_applies_each_event_once(rt, stack_env, feed_token, tmp_path):
+async def test_kill_during_feed_batch_then_resend_applies_each_event_once(rt, stack_env, feed, tmp_path):
     residents = await synthetic_residents(rt, WITH_CERTS)
     tag = secrets.token_hex(4)
     kinds = ["moved", "died", "name_changed", "emigrated", "municipal_merger"]
@@ -78,18 +83,18 @@ async def test_kill_during_feed_batch_then_resend_applies_each_event_once(rt, st
 
     config = tmp_path / "shomei.toml"
     config.write_text(f"[revocation]\nfeed_chunk_events = {CHUNK}\n")
-    port = free_port()
-    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_CONFIG": str(config),
-           "SHOMEI_VAR_DIR": str(tmp_path / "var")}
+    port, private_port = free_port(), free_port()
+    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_PRIVATE_LISTEN": f"127.0.0.1:{private_port}",
+           "SHOMEI_CONFIG": str(config), "SHOMEI_VAR_DIR": str(tmp_path / "var")}
     env.pop("SHOMEI_DEMO_CLIENTS", None)
 
     async def applied_so_far() -> int:
         async with rt.pool.acquire() as conn:
             return await conn.fetchval("SELECT count(*) FROM feed_event WHERE event_id LIKE $1", f"crash-{tag}-%")
 
-    proc = _start(env, port)
+    proc = _start(env, port, private_port)
     try:
-        sending = asyncio.create_task(asyncio.to_thread(_send, port, feed_token, data))
+        sending = asyncio.create_task(asyncio.to_thread(_send, private_port, feed, data))
         deadline = time.time() + 120
         while await applied_so_far() == 0:
             assert time.time() < deadline and not sending.done(), "the batch never started to apply"
@@ -109,9 +114,9 @@ async def test_kill_during_feed_batch_then_resend_applies_each_event_once(rt, st
     assert 0 < partial < N, partial
     assert partial % CHUNK == 0, "a chunk is applied wholly or not at all"
 
-    proc = _start(env, port)
+    proc = _start(env, port, private_port)
     try:
-        status, body = await asyncio.to_thread(_send, port, feed_token, data)
+        status, body = await asyncio.to_thread(_send, private_port, feed, data)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

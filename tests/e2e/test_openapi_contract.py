@@ -3,12 +3,16 @@ against the whole application (real PostgreSQL, real SoftHSM token) with all of 
 (`schemathesis run` without --checks), and any finding fails the test.
 
 The application is served by this test's own event loop (the `http` fixture), so schemathesis runs as a
-subprocess (asyncio, never blocking the loop). Operations need different credentials, so it runs once
-per group of operations, each with that group's headers:
+subprocess (asyncio, never blocking the loop). Every run goes to the private listener (HTTPS, which serves
+every operation, /metrics and the detailed /healthz included), trusting the operations CA
+(--tls-verify) and presenting a client certificate (--request-cert, --request-cert-key). Operations need
+different credentials, so it runs once per group of operations, each with that group's certificate and
+headers:
 
-- terminal: the municipal window (Bearer terminal credential and X-Operator-Id);
-- feed: the resident-register feed (Bearer feed credential);
-- public: OCSP, CRLs, CA certificates, the online window, health and metrics (no credential).
+- terminal: the municipal window (the terminal's certificate and X-Operator-Id of its registered operator);
+- feed: the resident-register feed (the feed's certificate);
+- public: OCSP, CRLs, CA certificates, the online window, health and metrics (no identity is looked at; a
+  certificate is still needed for the private listener's handshake: the terminal's, without an operator).
 
 So that requests reach more than "not found", certificates are issued first and their serials and
 resident codes are offered to schemathesis (a dictionary drawn from half of the time for `serial` and
@@ -28,7 +32,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import headers as terminal_headers, issue, issue_body
+from tests.helpers import issue, issue_body
+from tests.tls_clients import Credential, make_credential
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "schemas" / "openapi.yaml"
@@ -60,16 +65,15 @@ TARGETS = {"revocations": 2, "holds": 2, "feed": 2}
 
 
 @pytest.fixture(scope="module")
-async def contract(rt, http, keys):
-    """This test's own credentials (so its request and event ids are its own), certificates of residents of
-    its own for schemathesis to find, and the CRLs published."""
+async def contract(rt, http, keys, tmp_path_factory):
+    """This test's own clients with their certificates (so its request and event ids are its own),
+    certificates of residents of its own for schemathesis to find, and the CRLs published."""
     from crl_publisher.publisher import Publisher
-    from storage import clients
 
-    async with rt.pool.acquire() as conn:
-        _c, terminal = await clients.register(conn, kind="terminal", name="openapi-contract-terminal",
-                                              municipality_code="131016")
-        _c, feed = await clients.register(conn, kind="feed", name="openapi-contract-feed")
+    folder = tmp_path_factory.mktemp("openapi-contract-clients")
+    terminal = await make_credential(rt, folder, kind="terminal", name="openapi-contract-terminal",
+                                     municipality_code="131016", operators=(OPERATOR,))
+    feed = await make_credential(rt, folder, kind="feed", name="openapi-contract-feed")
     targets = {}
     for use, count in TARGETS.items():
         serials, residents = [], []
@@ -110,11 +114,14 @@ def _config(workdir: Path, targets: dict) -> Path:
     return path
 
 
-async def _schemathesis(config: Path, base_url: str, group: str, headers: dict[str, str]):
+async def _schemathesis(config: Path, base_url: str, group: str, credential: Credential,
+                        headers: dict[str, str]):
     args = [EXE, "--config-file", str(config), "run", str(SCHEMA), "--url", base_url, "--phases", PHASES[group],
             "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
             "--generation-database", "none", "--no-color", "--output-truncate", "false",
-            "--continue-on-failure"]
+            "--continue-on-failure",
+            "--tls-verify", str(credential.ca_file),
+            "--request-cert", str(credential.cert_file), "--request-cert-key", str(credential.key_file)]
     for path in GROUPS[group]:
         args += ["--include-path", path]
     for name, value in headers.items():
@@ -134,15 +141,16 @@ async def _schemathesis(config: Path, base_url: str, group: str, headers: dict[s
 
 @pytest.mark.parametrize("group", list(GROUPS))
 async def test_openapi_contract(http, contract, group):
-    base_url = str(http.make_url("/")).rstrip("/")
-    headers = {
-        "terminal": terminal_headers(contract["terminal"], OPERATOR),
-        "feed": {"Authorization": f"Bearer {contract['feed']}"},
-        "public": {},
+    base_url = str(http.make_url("/")).rstrip("/")  # the private listener (https)
+    assert base_url.startswith("https://"), base_url
+    credential, headers = {
+        "terminal": (contract["terminal"], {"X-Operator-Id": OPERATOR}),
+        "feed": (contract["feed"], {}),
+        "public": (contract["terminal"], {}),
     }[group]
     with tempfile.TemporaryDirectory(prefix="schemathesis-") as workdir:
         config = _config(Path(workdir), contract["targets"])
-        status, output = await _schemathesis(config, base_url, group, headers)
+        status, output = await _schemathesis(config, base_url, group, credential, headers)
     if status != 0:
         print(output)  # the findings, each with a curl command to reproduce it
     assert status == 0, f"schemathesis: findings in the {group} operations (exit status {status}); see its output above"

@@ -9,8 +9,9 @@ certificate with revocation checking required, following only the URLs the certi
    the revocation, so alone (and with the delta published before the revocation) it still says OK;
    once the delta CRL is published at the certificate's freshestCRL URL, base + delta say revoked.
 
-The application is served on a free port whose public_base_url is that port, so the URLs in the
-certificate (and in the CRLs' issuingDistributionPoint / freshestCRL) point at this very server.
+The application is served on both listeners: the public one on a free port whose public_base_url is that
+port, so the URLs in the certificate (and in the CRLs' issuingDistributionPoint / freshestCRL) point at this
+very server; the terminal issues and revokes on the private one (HTTPS, its client certificate).
 Every subprocess runs with asyncio.create_subprocess_exec: the event loop keeps serving the app.
 """
 from __future__ import annotations
@@ -32,7 +33,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 from crl_publisher.publisher import Publisher, Target
 from shomei.app import make_app
 from shomei.embedded import free_port
-from tests.helpers import certs_by_kind, headers, issue, issue_body
+from shomei.listeners import Listeners, start
+from tests.helpers import certs_by_kind, issue, issue_body
+from tests.tls_clients import ApiClient
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -115,18 +118,26 @@ def assert_revoked(rc: int, out: str) -> None:
 # -- the served application ------------------------------------------------------------------------
 
 @pytest.fixture
-async def served(rt):
-    """The whole application on a real loopback port, with public_base_url = that port."""
+async def served(rt, tls, terminal):
+    """The whole application on real loopback ports, with public_base_url = the public listener's; a
+    client of the private listener (the terminal's certificate) and the public base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    rt2 = dataclasses.replace(rt, cfg=rt.cfg.replace(server=rt.cfg.server.replace(public_base_url=base)))
-    runner = web.AppRunner(make_app(rt2))
+    server = rt.cfg.server.replace(public_base_url=base, host="127.0.0.1", port=port, private_host="127.0.0.1",
+                                   private_port=0)
+    rt2 = dataclasses.replace(rt, cfg=rt.cfg.replace(server=server))
+    listeners = Listeners()
+    runner = web.AppRunner(make_app(rt2, listeners))
     await runner.setup()
+    client = None
     try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        async with aiohttp.ClientSession(base_url=base) as client:
-            yield rt2, client, base
+        public_url, private_url = await start(runner, rt2.cfg, listeners, tls, reuse_port=False)
+        assert public_url == base, public_url
+        client = ApiClient(private_url, default=terminal.ssl)
+        yield rt2, client, base
     finally:
+        if client is not None:
+            await client.close()
         await runner.cleanup()
 
 
@@ -190,7 +201,7 @@ async def test_openssl_relying_party_follows_the_certificate_urls(served, termin
     assert_ok(rc, out)
 
     # -- 2. revoked at the window: OCSP says so at once ------------------------------------------
-    resp = await client.post("/v1/revocations", headers=headers(terminal),
+    resp = await client.post("/v1/revocations", **terminal.auth(),
                              json={"request_id": f"rp-{os.urandom(8).hex()}", "serial": format(cert.serial_number, "x"),
                                    "reason": "key_compromise"})
     body = await resp.json()

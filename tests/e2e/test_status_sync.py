@@ -2,7 +2,8 @@
 `shomei serve --workers 2` (docs/architecture.md: once the HTTP answer of a revocation leaves, no process
 serves an answer from before it).
 
-Connection A is kept on worker 0 and B on worker 1 (GET /healthz names the worker of a connection).
+Connection A is kept on worker 0 and B on worker 1, both on the private listener (HTTPS, the terminal's
+client certificate; its detailed GET /healthz names the worker of a connection, and it serves OCSP too).
 Every certificate's "good" answer is first put into worker 1's memory cache; then each round revokes one
 certificate on A and, the moment the 201 is read, asks its OCSP answer on B: it must already say revoked.
 With `[server] status_sync_ms = 0` (no wait for the other processes' status listeners) this test fails:
@@ -28,8 +29,9 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 
 from shomei.embedded import free_port
-from tests.helpers import csr_pem, headers, issue_body
+from tests.helpers import csr_pem, issue_body
 from tests.ocsp_helpers import get_path, request_der
+from tests.tls_clients import Credential
 
 EXE = str(Path(sys.executable).with_name("shomei"))
 ROUNDS = 300
@@ -38,6 +40,7 @@ ROUND_LIMIT = 10.0  # seconds of "good" after an acknowledgement before a round 
 
 
 async def _start(env: dict, port: int, log_path: Path) -> asyncio.subprocess.Process:
+    """`shomei serve --workers 2`, ready: the public /healthz says ok, the private listener accepts."""
     with open(log_path, "wb") as log:
         # A session of its own: if the master had to be killed, its workers go with the group.
         proc = await asyncio.create_subprocess_exec(EXE, "serve", "--workers", "2", env=env,
@@ -53,8 +56,11 @@ async def _start(env: dict, port: int, log_path: Path) -> asyncio.subprocess.Pro
                 async with session.get(f"http://127.0.0.1:{port}/healthz",
                                        timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200 and (await r.json())["status"] == "ok":
+                        host, private_port = env["SHOMEI_PRIVATE_LISTEN"].rsplit(":", 1)
+                        _reader, writer = await asyncio.open_connection(host, int(private_port))
+                        writer.close()
                         return proc
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass
             await asyncio.sleep(0.3)
     await _stop(proc)
@@ -74,10 +80,12 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 class Pinned:
-    """One keep-alive connection (a session limited to one); counts the connections it ever opened, so
-    that a silent reconnection, which could land on the other worker, shows."""
+    """One keep-alive connection (a session limited to one) to the private listener, as ``credential``;
+    counts the connections it ever opened, so that a silent reconnection, which could land on the other
+    worker, shows. Every request presents the same SSL context (another one would be another connection)."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, credential: Credential):
+        self.credential = credential
         self.opened = 0
         trace = aiohttp.TraceConfig()
         trace.on_connection_create_end.append(self._opened)
@@ -88,14 +96,20 @@ class Pinned:
     async def _opened(self, *_args) -> None:
         self.opened += 1
 
+    def get(self, path: str):
+        return self.session.get(path, ssl=self.credential.ssl)
+
+    def post(self, path: str, **kw):
+        return self.session.post(path, **self.credential.auth(), **kw)
+
     async def worker(self) -> int:
-        async with self.session.get("/healthz") as r:
+        async with self.get("/healthz") as r:
             body = await r.json()
         assert r.status == 200 and body["checks"]["status_listener"] == "ok", body
         return body["worker"]
 
     async def ocsp_status(self, path: str):
-        async with self.session.get(path) as r:
+        async with self.get(path) as r:
             der = await r.read()
         assert r.status == 200, r.status
         resp = ocsp.load_der_ocsp_response(der)
@@ -103,11 +117,11 @@ class Pinned:
         return resp.certificate_status
 
 
-async def _pinned_pair(base: str) -> tuple[Pinned, Pinned]:
+async def _pinned_pair(base: str, credential: Credential) -> tuple[Pinned, Pinned]:
     """A on worker 0, B on worker 1: open connections until both are found."""
     found: dict[int, Pinned] = {}
     for _ in range(100):
-        conn = Pinned(base)
+        conn = Pinned(base, credential)
         worker = await conn.worker()
         if worker in (0, 1) and worker not in found:
             found[worker] = conn
@@ -121,17 +135,18 @@ async def _pinned_pair(base: str) -> tuple[Pinned, Pinned]:
     raise AssertionError(f"100 connections reached only worker(s) {sorted(found)}")
 
 
-async def _issue(base: str, terminal: str, keys, n: int) -> list[tuple[str, str]]:
-    """``n`` auth certificates over HTTP; (hex serial, OCSP GET path) of each."""
+async def _issue(base: str, terminal: Credential, keys, n: int) -> list[tuple[str, str]]:
+    """``n`` auth certificates over HTTPS (the private listener at ``base``); (hex serial, OCSP GET path)
+    of each."""
     csrs = [csr_pem(keys.new()) for _ in range(4)]
     out: list[tuple[str, str]] = []
     async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=8)) as session:
-        async with session.get("/ca/auth.crt") as r:
+        async with session.get("/ca/auth.crt", ssl=terminal.ssl) as r:
             issuer = x509.load_der_x509_certificate(await r.read())
 
         async def one(i: int) -> tuple[str, str]:
             body = issue_body(keys, kinds=(), auth_csr=csrs[i % len(csrs)])
-            async with session.post("/v1/certificates", json=body, headers=headers(terminal)) as r:
+            async with session.post("/v1/certificates", json=body, **terminal.auth()) as r:
                 data = await r.json()
             assert r.status == 201, data
             c = data["certificates"][0]
@@ -147,17 +162,17 @@ async def test_no_stale_good_answer_on_another_worker_after_acknowledged_revocat
                                                                                    tmp_path):
     config = tmp_path / "shomei.toml"
     config.write_text("[server]\n" + (f"status_sync_ms = {STATUS_SYNC_MS}\n" if STATUS_SYNC_MS is not None else ""))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_CONFIG": str(config),
-           "SHOMEI_VAR_DIR": str(tmp_path / "var")}
+    port, private_port = free_port(), free_port()
+    base = f"https://127.0.0.1:{private_port}"
+    env = {**stack_env, "SHOMEI_LISTEN": f"127.0.0.1:{port}", "SHOMEI_PRIVATE_LISTEN": f"127.0.0.1:{private_port}",
+           "SHOMEI_CONFIG": str(config), "SHOMEI_VAR_DIR": str(tmp_path / "var")}
     for var in ("SHOMEI_DEMO_CLIENTS", "SHOMEI_WORKERS", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(var, None)
     proc = await _start(env, port, tmp_path / "serve.log")
     a = b = None
     try:
         certs = await _issue(base, terminal, keys, ROUNDS)
-        a, b = await _pinned_pair(base)
+        a, b = await _pinned_pair(base, terminal)
         for _serial, path in certs:  # each "good" answer signed, then served from worker 1's memory
             for _ in range(2):
                 assert await b.ocsp_status(path) == ocsp.OCSPCertStatus.GOOD
@@ -165,9 +180,8 @@ async def test_no_stale_good_answer_on_another_worker_after_acknowledged_revocat
         tag = secrets.token_hex(4)
         stale, goods, windows = 0, 0, []
         for i, (serial, path) in enumerate(certs):
-            async with a.session.post("/v1/revocations", headers=headers(terminal),
-                                      json={"request_id": f"sync-{tag}-{i}", "serial": serial,
-                                            "reason": "holder_request"}) as r:
+            async with a.post("/v1/revocations", json={"request_id": f"sync-{tag}-{i}", "serial": serial,
+                                                       "reason": "holder_request"}) as r:
                 answer = await r.read()
             acked = time.perf_counter()
             assert r.status == 201, answer
@@ -187,7 +201,7 @@ async def test_no_stale_good_answer_on_another_worker_after_acknowledged_revocat
         assert stale == 0, (f"{stale} of {ROUNDS} rounds answered 'good' on worker 1 after the revocation was "
                             f"acknowledged ({goods} such answers; windows up to {max(windows):.2f} ms)")
 
-        async with a.session.get("/metrics") as r:  # merged over the workers (PROMETHEUS_MULTIPROC_DIR)
+        async with a.get("/metrics") as r:  # merged over the workers (PROMETHEUS_MULTIPROC_DIR)
             metrics = await r.text()
         ok = re.search(r'^shomei_status_sync_total\{result="ok"\} (\S+)$', metrics, re.M)
         assert ok is not None, "no shomei_status_sync_total{result=\"ok\"} in /metrics"

@@ -7,7 +7,7 @@ from cryptography import x509
 
 from ca_core.resident import resident_hash
 from revocation import online_client
-from tests.helpers import csr_pem, headers, issue, issue_body, resident_code
+from tests.helpers import csr_pem, issue, issue_body, resident_code
 
 
 class Holder:
@@ -51,8 +51,8 @@ def rid() -> str:
     return "rv-" + secrets.token_hex(8)
 
 
-async def post(http, path, token, body, operator="clerk-01"):
-    resp = await http.post(path, json=body, headers=headers(token, operator))
+async def post(http, path, credential, body, operator=None):
+    resp = await http.post(path, json=body, **credential.auth(operator))
     return resp.status, await resp.json()
 
 

@@ -10,7 +10,7 @@ from tests.integration.revocation_support import new_holder, rows_of, status_of
 from tests.integration.test_online_cli import shomei
 
 
-async def test_feed_import_file_twice(http, terminal, feed_token, keys, rt, tmp_path):
+async def test_feed_import_file_twice(http, terminal, feed, keys, rt, tmp_path):
     h = await new_holder(http, terminal, keys)
     # the events occur after the certificates were issued (an event applies only to older ones)
     occurred = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).replace(microsecond=0).isoformat()
@@ -21,10 +21,9 @@ async def test_feed_import_file_twice(http, terminal, feed_token, keys, rt, tmp_
     events.append({"event_id": "imp-bad", "resident_code": "1", "kind": "moved", "occurred_at": "x"})
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in events) + "\n")
-    token = tmp_path / "feed.token"
-    token.write_text(feed_token)
-    url = str(http.make_url("")).rstrip("/")
-    args = ("feed", "import", str(path), "--url", url, "--token-file", str(token), "--batch-size", "1000")
+    url = str(http.make_url("")).rstrip("/")  # the private listener, with the feed's certificate
+    args = ("feed", "import", str(path), "--url", url, "--cert", str(feed.cert_file), "--key", str(feed.key_file),
+            "--cacert", str(feed.ca_file), "--batch-size", "1000")
     rc, out, err = await shomei(*args)
     assert rc == 0, err
     assert out.split() == ["applied=1", "duplicate=0", "no_certificate=2500", "issued_after_event=0",

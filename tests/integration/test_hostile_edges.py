@@ -9,13 +9,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
-from tests.helpers import headers, issue, issue_body
+from tests.helpers import issue, issue_body
 from tests.ocsp_helpers import check_response, request_der
 
 
-async def _raw(http, payload_parts: list[bytes], pause: float = 0.05) -> bytes:
+async def _raw(public, payload_parts: list[bytes], pause: float = 0.05) -> bytes:
     """Send an HTTP request in several writes (several TCP segments) and read the whole answer."""
-    url = http.make_url("/")
+    url = public.make_url("/")
     reader, writer = await asyncio.open_connection(url.host, url.port)
     for part in payload_parts:
         writer.write(part)
@@ -28,8 +28,8 @@ async def _raw(http, payload_parts: list[bytes], pause: float = 0.05) -> bytes:
 
 async def test_deeply_nested_json_is_400_not_500(http, terminal):
     body = b"[" * 30000 + b"]" * 30000  # 60 KB: under the size limit, nested beyond any parser's stack
-    resp = await http.post("/v1/certificates", data=body, headers={**headers(terminal),
-                                                                    "Content-Type": "application/json"})
+    resp = await http.post("/v1/certificates", data=body, ssl=terminal.ssl,
+                           headers={"X-Operator-Id": terminal.operator, "Content-Type": "application/json"})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "malformed_json"
 
 
@@ -37,10 +37,10 @@ async def test_a_body_that_never_finishes_is_408(http, terminal, monkeypatch):
     import plumbing.http
 
     monkeypatch.setattr(plumbing.http, "BODY_READ_SECONDS", 0.5)
-    head = (f"POST /v1/revocations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {terminal}\r\n"
-            "X-Operator-Id: clerk-01\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
-    url = http.make_url("/")
-    reader, writer = await asyncio.open_connection(url.host, url.port)
+    head = (b"POST /v1/revocations HTTP/1.1\r\nHost: x\r\n"
+            b"X-Operator-Id: clerk-01\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    url = http.make_url("/")  # the private listener: TLS with the terminal's certificate
+    reader, writer = await asyncio.open_connection(url.host, url.port, ssl=terminal.ssl)
     writer.write(head + b'{"request_id": ')  # and the rest never comes
     await writer.drain()
     answer = b""
@@ -53,36 +53,36 @@ async def test_a_body_that_never_finishes_is_408(http, terminal, monkeypatch):
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:200]
 
 
-async def test_ocsp_post_body_split_in_two_segments(http, terminal, keys, rt):
+async def test_ocsp_post_body_split_in_two_segments(http, public, terminal, keys, rt):
     data = await issue(http, terminal, issue_body(keys, kinds=("auth",)))
     cert = x509.load_pem_x509_certificate(data["certificates"][0]["certificate"].encode())
     issuer = x509.load_der_x509_certificate(rt.issuers.current("auth").certificate_der)
     der = request_der(cert, issuer)
     head = (f"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
             f"Content-Length: {len(der)}\r\nConnection: close\r\n\r\n").encode()
-    answer = await _raw(http, [head + der[:10], der[10:]])
+    answer = await _raw(public, [head + der[:10], der[10:]])
     body = answer.split(b"\r\n\r\n", 1)[1]
     resp = check_response(body, issuer.public_bytes(serialization.Encoding.DER))
     assert resp.certificate_status == ocsp.OCSPCertStatus.GOOD
 
 
-async def test_slow_senders_do_not_take_the_online_windows_slots(http, rt):
+async def test_slow_senders_do_not_take_the_online_windows_slots(public, rt):
     from revocation.http import ENDPOINTS
 
-    window = http.server.app[ENDPOINTS].online_window
+    window = public.app[ENDPOINTS].online_window
     slots = rt.cfg.revocation.online_max_in_flight
     head = (b"POST /v1/online/validity-checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkcs7-mime\r\n"
             b"Content-Length: 1000\r\n\r\n")
     slow = []
     for _ in range(slots + 8):  # more slow senders than slots: each sends headers, then nothing
-        url = http.make_url("/")
+        url = public.make_url("/")
         reader, writer = await asyncio.open_connection(url.host, url.port)
         writer.write(head)
         await writer.drain()
         slow.append(writer)
     await asyncio.sleep(0.2)
     assert window.in_flight == 0  # nobody holds a slot while their body has not arrived
-    resp = await http.post("/v1/online/validity-checks", data=b"\x30\x00",
+    resp = await public.post("/v1/online/validity-checks", data=b"\x30\x00",
                            headers={"Content-Type": "application/pkcs7-mime"})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "malformed"  # answered, not busy
     for writer in slow:

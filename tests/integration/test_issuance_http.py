@@ -11,7 +11,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from ca_core.clock import JST
 from ca_core.errors import HSMError
-from tests.helpers import certs_by_kind, csr_pem, headers, issue, issue_body, resident
+from tests.helpers import certs_by_kind, csr_pem, issue, issue_body, resident
 
 
 async def _count(rt, sql, *args):
@@ -202,7 +202,7 @@ def _bad(keys, case):
 ])
 async def test_rejections_are_typed_and_change_nothing(http, terminal, keys, rt, case, status, code, field):
     before = await _totals(rt)
-    resp = await http.post("/v1/certificates", json=_bad(keys, case), headers=headers(terminal))
+    resp = await http.post("/v1/certificates", json=_bad(keys, case), **terminal.auth())
     data = await resp.json()
     assert resp.status == status, data
     assert data["error"]["code"] == code
@@ -215,13 +215,13 @@ async def test_csr_key_type_and_pop(http, terminal, keys, rt):
     from cryptography.hazmat.primitives.asymmetric import ec
     b = issue_body(keys)
     b["auth_csr"] = csr_pem(ec.generate_private_key(ec.SECP256R1()))
-    resp = await http.post("/v1/certificates", json=b, headers=headers(terminal))
+    resp = await http.post("/v1/certificates", json=b, **terminal.auth())
     assert resp.status == 422 and (await resp.json())["error"]["code"] == "key_not_allowed"
     b = issue_body(keys)
     der = bytearray(x509.load_pem_x509_csr(b["signing_csr"].encode()).public_bytes(serialization.Encoding.DER))
     der[-3] ^= 0x40
     b["signing_csr"] = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode()
-    resp = await http.post("/v1/certificates", json=b, headers=headers(terminal))
+    resp = await http.post("/v1/certificates", json=b, **terminal.auth())
     assert resp.status == 422 and (await resp.json())["error"]["code"] == "csr_signature_invalid"
 
 
@@ -234,26 +234,26 @@ async def test_csr_key_type_and_pop(http, terminal, keys, rt):
 ])
 async def test_bad_bodies(http, terminal, rt, raw, ctype, status, code):
     before = await _totals(rt)
-    resp = await http.post("/v1/certificates", data=raw, headers=dict(headers(terminal), **{"Content-Type": ctype}))
+    resp = await http.post("/v1/certificates", data=raw, ssl=terminal.ssl,
+                           headers={"X-Operator-Id": terminal.operator, "Content-Type": ctype})
     data = await resp.json()
     assert resp.status == status, data
     assert data["error"]["code"] == code
     assert await _totals(rt) == before
 
 
-async def test_authentication(http, terminal, keys, feed_token):
+async def test_client_kind_and_operator(http, terminal, keys, feed, rt):
+    before = await _totals(rt)
     body = issue_body(keys)
-    resp = await http.post("/v1/certificates", json=body)
-    assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthenticated"
-    resp = await http.post("/v1/certificates", json=body, headers=headers("shm_t_not-a-real-credential"))
-    assert resp.status == 401
-    resp = await http.post("/v1/certificates", json=body, headers=headers(feed_token))
-    assert resp.status == 403 and (await resp.json())["error"]["code"] == "forbidden"
-    resp = await http.post("/v1/certificates", json=body, headers={"Authorization": f"Bearer {terminal}"})
+    resp = await http.post("/v1/certificates", json=body, **feed.auth())
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "wrong_client_kind"
+    resp = await http.post("/v1/certificates", json=body, ssl=terminal.ssl)
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "missing_operator_id"
-    resp = await http.post("/v1/certificates", json=body,
-                           headers={"Authorization": f"Bearer {terminal}", "X-Operator-Id": "bad id!"})
+    resp = await http.post("/v1/certificates", json=body, **terminal.auth("bad id!"))
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_operator_id"
+    resp = await http.post("/v1/certificates", json=body, **terminal.auth("never-registered"))
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "unknown_operator"
+    assert await _totals(rt) == before
 
 
 async def test_token_failure_gives_503_and_records_nothing(http, terminal, keys, rt, monkeypatch):
@@ -263,7 +263,7 @@ async def test_token_failure_gives_503_and_records_nothing(http, terminal, keys,
 
     before = await _totals(rt)
     monkeypatch.setattr(rt.signer, "sign", failing_sign)
-    resp = await http.post("/v1/certificates", json=issue_body(keys), headers=headers(terminal))
+    resp = await http.post("/v1/certificates", json=issue_body(keys), **terminal.auth())
     data = await resp.json()
     assert resp.status == 503 and data["error"]["code"] == "hsm_unavailable"
     assert resp.headers["Retry-After"]
@@ -278,7 +278,7 @@ async def test_database_failure_after_signing_records_nothing(http, terminal, ke
 
     before = await _totals(rt)
     monkeypatch.setattr(issuance_store, "record", failing_insert)
-    resp = await http.post("/v1/certificates", json=issue_body(keys), headers=headers(terminal))
+    resp = await http.post("/v1/certificates", json=issue_body(keys), **terminal.auth())
     assert resp.status == 503
     assert await _totals(rt) == before
 
@@ -287,7 +287,7 @@ async def test_concurrent_requests_for_one_resident_leave_one_live_certificate(h
     import asyncio
     code = issue_body(keys)["resident_code"]
     bodies = [issue_body(keys, kinds=("auth",), code=code, card_replaced=True) for _ in range(4)]
-    resps = await asyncio.gather(*(http.post("/v1/certificates", json=b, headers=headers(terminal)) for b in bodies))
+    resps = await asyncio.gather(*(http.post("/v1/certificates", json=b, **terminal.auth()) for b in bodies))
     statuses = sorted(r.status for r in resps)
     assert all(s in (201, 409) for s in statuses) and 201 in statuses
     from ca_core.resident import resident_hash

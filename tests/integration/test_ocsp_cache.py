@@ -144,9 +144,9 @@ async def test_verifier_mode(verifier_http, http, rt, one, terminal, stack_env):
     der = request_der(cert, issuer)
     name = f"verifier-{secrets.token_hex(4)}"
     async with rt.pool.acquire() as conn:
-        verifier, token = await clients.register(conn, kind="verifier", name=name)
+        verifier, token = await clients.register_verifier(conn, name)
     # No credential, an unknown one, a terminal's: OCSP unauthorized (HTTP 200, RFC 6960 2.3).
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {terminal}"}):
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Bearer shm_t_a-terminal-has-no-bearer-credential"}):
         resp = await client.post("/ocsp", data=der, headers={**OCSP_HEADERS, **headers})
         assert resp.status == 200 and status_of(await resp.read()) == "unauthorized"
         resp = await client.get(get_path(der), headers=headers)
@@ -182,7 +182,7 @@ async def test_counts_are_flushed_on_clean_shutdown(rt, one):
     cfg = rt.cfg.replace(ocsp=rt.cfg.ocsp.replace(access="verifier", usage_flush_seconds=3600))
     rt2 = dataclasses.replace(rt, cfg=cfg)
     async with rt.pool.acquire() as conn:
-        verifier, token = await clients.register(conn, kind="verifier", name=f"verifier-{secrets.token_hex(4)}")
+        verifier, token = await clients.register_verifier(conn, f"verifier-{secrets.token_hex(4)}")
     client = TestClient(TestServer(make_app(rt2)))
     await client.start_server()
     for _ in range(4):

@@ -202,9 +202,9 @@ async def test_get_caching_headers(http, issued):
     assert cond.status == 304
 
 
-async def test_openssl_relying_party(http, issued, rt, ca_pem, tmp_path):
+async def test_openssl_relying_party(public, issued, rt, ca_pem, tmp_path):
     cert, issuer = issued["signing"]
-    url = str(http.make_url("/ocsp"))
+    url = str(public.make_url("/ocsp"))
     serial = f"0x{cert.serial_number:x}"
     cert_file = tmp_path / "cert.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -17,13 +17,13 @@ async def shomei(*args):
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_online_cli_check_then_revoke(http, terminal, keys, rt, tmp_path):
+async def test_online_cli_check_then_revoke(http, public, terminal, keys, rt, tmp_path):
     h = await new_holder(http, terminal, keys)
     cert = tmp_path / "auth.pem"
     cert.write_bytes(h.certs["auth"].public_bytes(Encoding.PEM))
     key = tmp_path / "auth.key"
     key.write_bytes(h.keys["auth"].private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    url = str(http.make_url("")).rstrip("/")
+    url = str(public.make_url("")).rstrip("/")  # the online window is on the public listener
     applicant = ["--name", "山田　花子", "--address", "東京都千代田区千代田１番１号", "--birth-date", "319850412",
                  "--sex", "2"]
     rc, out, err = await shomei("online", "check", "--cert", str(cert), "--key", str(key), "--url", url, *applicant)

@@ -203,7 +203,7 @@ async def test_certificate_signature_invalid(http, rt, keys):
 async def test_certificate_expired(http, rt, holder):
     from revocation.http import ENDPOINTS
 
-    window = http.server.app[ENDPOINTS].online_window  # the service runs on the clock it was built with
+    window = http.app[ENDPOINTS].online_window  # the service runs on the clock it was built with
     saved = window.clock
     later = saved.now() + dt.timedelta(days=365 * 30)
     window.clock = FixedClock(later)
@@ -220,7 +220,7 @@ async def test_certificate_expired(http, rt, holder):
 async def test_busy_answers_503_with_retry_after(http, rt, holder):
     from revocation.http import ENDPOINTS
 
-    window = http.server.app[ENDPOINTS].online_window
+    window = http.app[ENDPOINTS].online_window
     saved = window.in_flight
     window.in_flight = rt.cfg.revocation.online_max_in_flight
     try:

@@ -152,12 +152,12 @@ async def test_hold_on_auth_does_not_cascade(http, terminal, keys, rt):
     assert await status_of(rt, h.serial("signing")) == "valid"
 
 
-async def test_window_refuses_feed_credential_and_bad_bodies(http, terminal, feed_token, keys, rt):
+async def test_window_refuses_feed_credential_and_bad_bodies(http, public, terminal, feed, keys, rt):
     h = await new_holder(http, terminal, keys, kinds=("auth",))
     req = {"request_id": rid(), "serial": h.hex("auth"), "reason": "holder_request"}
-    assert (await post(http, "/v1/revocations", feed_token, req))[0] == 403
-    resp = await http.post("/v1/revocations", json=req)
-    assert resp.status == 401
+    assert (await post(http, "/v1/revocations", feed, req))[0] == 403
+    resp = await public.post("/v1/revocations", json=req, headers={"X-Operator-Id": "clerk-01"})
+    assert resp.status == 404  # not served on the public listener
     for bad, code in (({**req, "reason": "bored"}, "invalid_field"), ({**req, "extra": 1}, "unknown_field"),
                       ({**req, "serial": "xyz"}, "invalid_serial"),
                       ({"request_id": rid(), "reason": "death"}, "invalid_target"),

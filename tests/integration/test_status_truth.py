@@ -8,7 +8,6 @@ import tempfile
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
@@ -32,7 +31,7 @@ def _issuer_of(rt, kind):
     return x509.load_der_x509_certificate(rt.issuers.current(kind).certificate_der)
 
 
-async def test_hold_after_accepted_online_revocation_answers_certificate_hold(http, rt, terminal, keys):
+async def test_hold_after_accepted_online_revocation_answers_certificate_hold(http, public, rt, terminal, keys):
     h = await new_holder(http, terminal, keys)
     issuer = _issuer_of(rt, "signing")
     resp = await http.post("/v1/online/revocations", data=h.application("signing", "revocation"), headers=CT)
@@ -51,7 +50,7 @@ async def test_hold_after_accepted_online_revocation_answers_certificate_hold(ht
             paths[name] = f"{tmp}/{name}.pem"
             open(paths[name], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
         rc, out = await openssl_ocsp("-issuer", paths["issuer"], "-cert", paths["cert"], "-url",
-                                     str(http.make_url("/ocsp")), "-CAfile", paths["issuer"], "-no_nonce")
+                                     str(public.make_url("/ocsp")), "-CAfile", paths["issuer"], "-no_nonce")
     assert rc == 0 and "Reason: certificateHold" in out, out
     # The next CRL issuance makes the online revocation effective: the hold ends in revocation.
     at = rt.clock.now() + dt.timedelta(seconds=3)
@@ -71,19 +70,19 @@ async def test_the_database_refuses_a_status_that_does_not_follow_the_revocation
     assert await status_of(rt, h.serial("auth")) == "valid"
 
 
-async def test_register_event_only_revokes_certificates_issued_before_it(http, rt, terminal, keys, feed_token):
+async def test_register_event_only_revokes_certificates_issued_before_it(http, rt, terminal, keys, feed):
     h = await new_holder(http, terminal, keys)
     before = (h.certs["signing"].not_valid_before_utc - dt.timedelta(hours=2)).isoformat()
     after = (h.certs["signing"].not_valid_before_utc + dt.timedelta(seconds=1)).isoformat()
     events = [{"event_id": rid(), "resident_code": h.code, "kind": "moved", "occurred_at": before}]
     resp = await http.post("/v1/residency-events", json={"events": events},
-                           headers={"Authorization": f"Bearer {feed_token}"})
+                           ssl=feed.ssl)
     body = await resp.json()
     assert body["results"][0]["outcome"] == "issued_after_event" and body["summary"]["issued_after_event"] == 1
     assert await status_of(rt, h.serial("signing")) == "valid"
     events = [{"event_id": rid(), "resident_code": h.code, "kind": "moved", "occurred_at": after}]
     resp = await http.post("/v1/residency-events", json={"events": events},
-                           headers={"Authorization": f"Bearer {feed_token}"})
+                           ssl=feed.ssl)
     assert (await resp.json())["results"][0]["outcome"] == "applied"
     assert await status_of(rt, h.serial("signing")) == "revoked"
     assert await status_of(rt, h.serial("auth")) == "valid"
@@ -108,21 +107,21 @@ async def test_online_revocation_date_is_when_it_took_effect(http, rt, terminal,
 
 
 @pytest.fixture
-async def http_at(rt):
-    """A factory of applications whose services run on a fixed clock (same database and token)."""
-    from shomei.app import make_app
+async def http_at(rt, tls, terminal):
+    """A factory of applications whose services run on a fixed clock (same database and token): the
+    client of its private listener."""
+    from tests.tls_clients import TestServers
 
-    clients = []
+    started = []
 
-    async def make(at: dt.datetime) -> TestClient:
-        client = TestClient(TestServer(make_app(dataclasses.replace(rt, clock=FixedClock(at)))))
-        await client.start_server()
-        clients.append(client)
-        return client
+    async def make(at: dt.datetime):
+        servers = await TestServers.start(dataclasses.replace(rt, clock=FixedClock(at)), tls, default=terminal.ssl)
+        started.append(servers)
+        return servers.private
 
     yield make
-    for client in clients:
-        await client.close()
+    for servers in started:
+        await servers.close()
 
 
 async def test_certificates_never_outlive_their_ca(rt, http_at, terminal, keys):
@@ -135,17 +134,17 @@ async def test_certificates_never_outlive_their_ca(rt, http_at, terminal, keys):
     gone = await http_at(ca_end + dt.timedelta(seconds=1))
     body = issue_body(keys, kinds=("auth",), card_expires_on=(ca_end + dt.timedelta(days=3000)).date().isoformat())
     resp = await gone.post("/v1/certificates", json=body,
-                           headers={"Authorization": f"Bearer {terminal}", "X-Operator-Id": "clerk-01"})
+                           **terminal.auth())
     assert resp.status == 503 and (await resp.json())["error"]["code"] == "ca_expired"
     async with rt.pool.acquire() as conn:  # nothing recorded
         assert await conn.fetchval("SELECT count(*) FROM issuance WHERE request_id = $1", body["request_id"]) == 0
 
 
 @pytest.mark.parametrize("event", ["municipal_merger", "address_notation_changed"])
-async def test_free_reissue_after_merger_or_address_notation(http, rt, terminal, keys, feed_token, event):
+async def test_free_reissue_after_merger_or_address_notation(http, rt, terminal, keys, feed, event):
     h = await new_holder(http, terminal, keys)
     occurred = (h.certs["signing"].not_valid_before_utc + dt.timedelta(seconds=1)).isoformat()
-    resp = await http.post("/v1/residency-events", headers={"Authorization": f"Bearer {feed_token}"},
+    resp = await http.post("/v1/residency-events", ssl=feed.ssl,
                            json={"events": [{"event_id": rid(), "resident_code": h.code, "kind": event,
                                              "occurred_at": occurred}]})
     assert (await resp.json())["results"][0]["outcome"] == "applied"
@@ -156,6 +155,6 @@ async def test_free_reissue_after_merger_or_address_notation(http, rt, terminal,
     assert await status_of(rt, h.serial("auth")) == "valid"
     # the entitlement is used once: the next early renewal is refused again
     resp = await http.post("/v1/certificates", json=issue_body(keys, kinds=("signing",), code=h.code),
-                           headers={"Authorization": f"Bearer {terminal}", "X-Operator-Id": "clerk-01"})
+                           **terminal.auth())
     assert resp.status == 409 and (await resp.json())["error"]["code"] == "renewal_too_early"
 

@@ -35,7 +35,7 @@ from plumbing.auth import ClientCache
 from plumbing.runtime import IssuerDirectory, Runtime
 from plumbing.status_channel import StatusChannel
 from revocation import online_client
-from storage import clients, db
+from storage import db
 from tests.helpers import KeyPool, csr_pem, resident
 from tests.model.reference import FEED, WINDOW_REASONS, Cert, Model
 from tests.ocsp_helpers import check_response, request_der
@@ -66,7 +66,10 @@ class Service:
 
     async def _start(self, session_rt, pg_url: str) -> None:
         from shomei.app import make_app
+        from shomei.credentials import ensure_tls_files
+        from shomei.listeners import Listeners, start
         from shomei.operations import run_ceremony
+        from tests.tls_clients import make_credential
 
         name = "shomei_model_" + secrets.token_hex(4)
         admin = await asyncpg.connect(pg_url)
@@ -88,14 +91,18 @@ class Service:
                           directory=IssuerDirectory(self.pool), resident_key=session_rt.resident_key,
                           clients=ClientCache(self.pool), status=StatusChannel(self.url, self.pool))
         await run_ceremony(self.rt)
-        async with self.pool.acquire() as conn:
-            _c, self.terminal = await clients.register(conn, kind="terminal", name="model-terminal",
-                                                       municipality_code="131016")
-            _c, self.feed = await clients.register(conn, kind="feed", name="model-feed")
-        self.runner = web.AppRunner(make_app(self.rt), access_log=None)
+        tls = await ensure_tls_files(self.rt)
+        folder = self.tmp / "clients"
+        self.terminal = await make_credential(self.rt, folder, kind="terminal", name="model-terminal",
+                                              municipality_code="131016", operators=("clerk-model",))
+        self.feed = await make_credential(self.rt, folder, kind="feed", name="model-feed")
+        listeners = Listeners()
+        self.runner = web.AppRunner(make_app(self.rt, listeners), access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        self.http = aiohttp.ClientSession(f"http://127.0.0.1:{self.port}")
+        _public, private = await start(self.runner, cfg.replace(server=cfg.server.replace(
+            port=self.port, private_port=0)), listeners, tls, reuse_port=False)
+        self.http = aiohttp.ClientSession(f"http://127.0.0.1:{self.port}")  # the public listener
+        self.private = aiohttp.ClientSession(private)
         self.publisher = Publisher.from_runtime(self.rt)
         self.issuers = {ca: x509.load_der_x509_certificate(self.rt.issuers.current(ca).certificate_der)
                         for ca in ("signing", "auth")}
@@ -113,6 +120,7 @@ class Service:
 
     async def close(self) -> None:
         await self.http.close()
+        await self.private.close()
         await self.runner.cleanup()
         await self.pool.close()
 
@@ -122,11 +130,10 @@ class Service:
         self.thread.join(10)
 
     # -- HTTP ---------------------------------------------------------------------------------------
-    async def post_json(self, path: str, body: dict, token: str, operator: bool = True):
-        headers = {"Authorization": f"Bearer {token}"}
-        if operator:
-            headers["X-Operator-Id"] = "clerk-model"
-        async with self.http.post(path, json=body, headers=headers) as resp:
+    async def post_json(self, path: str, body: dict, client, operator: bool = True):
+        """A terminal's or the feed's request, on the private listener with its certificate."""
+        kw = client.auth() if operator else {"ssl": client.ssl}
+        async with self.private.post(path, json=body, **kw) as resp:
             return resp.status, await resp.json()
 
     async def post_der(self, path: str, der: bytes, ctype: str):

@@ -80,9 +80,9 @@ async def parts(services_db, keys):
                     not_after=made.not_after, make_current=True)
             issuers = IssuerSet(await cas.list_generations(conn))
             made_responders = await responders.renew_due(conn, signer, issuers, cfg.ca, T0)
-        terminal, _ = await clients.register(conn, kind="terminal", name=f"svc-terminal-{secrets.token_hex(4)}",
+        terminal = await clients.register(conn, kind="terminal", name=f"svc-terminal-{secrets.token_hex(4)}",
                                              municipality_code="131016")
-        feed, _ = await clients.register(conn, kind="feed", name=f"svc-feed-{secrets.token_hex(4)}")
+        feed = await clients.register(conn, kind="feed", name=f"svc-feed-{secrets.token_hex(4)}")
     assert len(issuers) == 2 and len(made_responders) == 2
     yield Parts(cfg=cfg, url=services_db, pool=pool, signer=signer, issuers=issuers,
                 resident_key=secrets.token_bytes(32), terminal=terminal, feed=feed, card_keys=CardKeys(keys))

@@ -202,7 +202,7 @@ async def test_rejections_sign_nothing_and_record_nothing(issuance, parts, case,
         over = dict(municipality_code="132012")
         async with parts.pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM municipality WHERE code = '132012'") == 0
-            client, _ = await clients.register(conn, kind="terminal", name=f"svc-terminal-{secrets.token_hex(4)}",
+            client = await clients.register(conn, kind="terminal", name=f"svc-terminal-{secrets.token_hex(4)}",
                                                municipality_code="132012")
     req = issue_request(keys, **over)
     signatures, rows = parts.signer.signatures, await totals(parts)
