@@ -8,6 +8,7 @@ made (``seq``), and nothing is served from memory while the status listener is d
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from email.utils import formatdate
 
@@ -40,13 +41,17 @@ class Entry:
 
 
 class ResponseCache:
-    def __init__(self, max_entries: int):
+    def __init__(self, max_entries: int, max_invalidations: int = 10_000):
         self.max_entries = max(16, max_entries)
+        # Recent invalidations kept (about 1 MB for 10,000; the oldest tenth is forgotten when over): an
+        # answer begun before the last one forgotten is not stored. At 100 status changes a second that is
+        # still 90 s back, far longer than an answer takes.
+        self.max_invalidations = max(16, max_invalidations)
         self._entries: dict[object, Entry] = {}
         self._keys_of: dict[int, list[object]] = {}
         self.enabled = False  # True only while the status listener is connected
         self.seq = 0  # bumped by every invalidation; read it before reading a status, pass it to put()
-        self._invalidated: dict[int, int] = {}  # serial -> seq of its last invalidation
+        self._invalidated: dict[int, int] = {}  # serial -> seq of its last invalidation, oldest first
         self._status: dict[int, tuple[int, object]] = {}  # serial -> (CA generation id, CertStatus)
         self._floor = 0  # answers begun before this seq are refused (invalidations forgotten, listener lost)
 
@@ -91,16 +96,21 @@ class ResponseCache:
             if len(victims) >= count:
                 break
         for key in victims:
-            entry = self._entries.pop(key)
-            for serial in entry.serials:
-                keys = self._keys_of.get(serial)
-                if keys is not None:
-                    try:
-                        keys.remove(key)
-                    except ValueError:
-                        pass
-                    if not keys:
-                        del self._keys_of[serial]
+            self._unlink(key, self._entries.pop(key))
+
+    def _unlink(self, key, entry: Entry, skip: int | None = None) -> None:
+        """Remove ``key`` from the key lists of the serials of ``entry`` (but ``skip``'s)."""
+        for serial in entry.serials:
+            if serial == skip:
+                continue
+            keys = self._keys_of.get(serial)
+            if keys is not None:
+                try:
+                    keys.remove(key)
+                except ValueError:
+                    pass
+                if not keys:
+                    del self._keys_of[serial]
 
     def get_status(self, ca_generation_id: int, serial: int):
         """The status of a certificate as last read, under the same rules as answers; or None."""
@@ -112,7 +122,7 @@ class ResponseCache:
     def put_status(self, ca_generation_id: int, serial: int, status, since: int) -> None:
         if self.changed_since((serial,), since):
             return
-        if len(self._status) >= 4 * self.max_entries:
+        if len(self._status) >= self.max_entries:
             self._status.clear()
         self._status[serial] = (ca_generation_id, status)
 
@@ -120,13 +130,21 @@ class ResponseCache:
         """Drop every answer about ``serial`` (its status changed)."""
         self._status.pop(serial, None)
         self.seq += 1
-        self._invalidated[serial] = self.seq
-        if len(self._invalidated) > 100_000:
-            # Forget old invalidations; answers begun before now are then not stored (see put).
-            self._invalidated.clear()
-            self._floor = self.seq
+        inv = self._invalidated
+        inv.pop(serial, None)  # re-inserted last: the map stays in seq order, oldest first
+        inv[serial] = self.seq
+        if len(inv) > self.max_invalidations:
+            # Forget the oldest tenth; answers begun before the newest invalidation forgotten are then not
+            # stored (see put), which is what an invalidation they might have missed would have done.
+            drop = list(itertools.islice(inv, len(inv) - self.max_invalidations + self.max_invalidations // 10))
+            self._floor = max(self._floor, inv[drop[-1]])
+            for old in drop:
+                del inv[old]
         for key in self._keys_of.pop(serial, ()):
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+            if entry is not None and len(entry.serials) > 1:
+                # An answer about several certificates: its other serials must not keep pointing at it.
+                self._unlink(key, entry, skip=serial)
 
     def clear(self) -> None:
         """Forget everything (listener lost or reconnected: notifications may have been missed)."""

@@ -49,8 +49,10 @@ class ClientCache:
         return await self._get(("cert", serial), lambda conn: client_store.find_by_certificate(conn, serial))
 
     async def lookup(self, token: str) -> Client | None:
-        """A verifier's bearer credential."""
-        return await self._get(("token", token), lambda conn: client_store.find_by_token(conn, token))
+        """A verifier's bearer credential (kept by its hash: an unknown credential of any length sent by
+        anyone costs the cache 32 bytes)."""
+        return await self._get(("token", client_store.token_hash(token)),
+                               lambda conn: client_store.find_by_token(conn, token))
 
     async def operator_enabled(self, scope: str, operator: str) -> bool:
         return await self._get(("operator", scope, operator),

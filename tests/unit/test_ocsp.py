@@ -225,6 +225,34 @@ def test_cache_is_bounded():
     assert cache.get(499, 1001) is None
 
 
+def test_invalidations_kept_are_bounded_and_none_missed():
+    cache = ResponseCache(50, max_invalidations=100)
+    cache.enabled = True
+    first = cache.seq
+    history = {}
+    for i in range(5000):
+        serial = (i * 7919) % 300  # serials changed again and again
+        cache.invalidate(serial)
+        history[serial] = cache.seq
+        assert len(cache._invalidated) <= 100
+        for since in range(max(0, cache.seq - 250), cache.seq + 1, 7):
+            for s in (serial, (serial + 1) % 300, 1000):
+                if history.get(s, -1) > since:  # a change the answer may predate: never stored
+                    assert cache.changed_since((s,), since)
+    assert cache.changed_since((1000,), first)  # begun before invalidations since forgotten: refused
+    assert not cache.changed_since((1000,), cache.seq)  # begun now, serial unchanged: stored
+    assert cache.put((b"cid",), _entry((1000,)), cache.seq)
+
+
+def test_invalidating_one_serial_of_a_multi_certid_answer_leaves_no_stale_key():
+    cache = ResponseCache(100)
+    cache.enabled = True
+    for i in range(1000):  # a request about certificates 1 and 2, asked again after each change of 1
+        assert cache.put((b"req-%d" % i,), _entry((1, 2)), cache.seq)
+        cache.invalidate(1)
+    assert len(cache) == 0 and cache._keys_of == {}
+
+
 def test_headers_follow_rfc5019():
     e = _entry((1,), now=1_700_000_000.0)
     h = e.headers(1_700_000_100.0)
