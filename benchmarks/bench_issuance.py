@@ -61,11 +61,12 @@ async def _load(url: str, credential, bodies: list[bytes], concurrency: int) -> 
     """POST ``bodies`` to the private listener as ``credential`` (benchmarks.stack.ClientCredential)."""
     import aiohttp
 
-    headers = {**credential.headers(), "Content-Type": "application/json"}
+    plain = url.startswith("http://")  # behind a TLS-terminating proxy: the proxy's header, no TLS here
+    headers = {**(credential.proxy_headers() if plain else credential.headers()), "Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
     queue = iter(bodies)
-    conn = aiohttp.TCPConnector(limit=concurrency, ssl=credential.ssl_context())
+    conn = aiohttp.TCPConnector(limit=concurrency, ssl=False if plain else credential.ssl_context())
     async with aiohttp.ClientSession(connector=conn) as session:
         async def worker():
             nonlocal errors
@@ -192,6 +193,9 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keys", type=int, default=64)
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="also run the private listener in plain HTTP behind a TLS-terminating proxy's header "
+                         "(server.private_tls = false): the cost of TLS, same run")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -212,6 +216,19 @@ def main() -> None:
             print(f"  concurrency {c:3}: {certs:7.0f} certificates/s  p50 {res['p50_ms']:6.1f} ms  "
                   f"p99 {res['p99_ms']:6.1f} ms  errors {res['errors']}", flush=True)
         stack.stop_server()
+        plain_rows = []
+        if args.compare_plain:
+            stack.use_proxy_mode()
+            stack.serve(workers=args.workers)
+            url = f"{stack.private_url}/v1/certificates"
+            run_load(url, terminal, _bodies(csrs, 200, "warmup-plain"), 16)
+            for c in levels:
+                res = run_load(url, terminal, _bodies(csrs, args.requests, f"p{c}"), c)
+                certs = 2 * (res["requests"] - res["errors"]) / res["elapsed"]
+                plain_rows.append((c, certs, res["p50_ms"], res["p99_ms"], res["errors"]))
+                print(f"  plain HTTP, concurrency {c:3}: {certs:7.0f} certificates/s  p50 {res['p50_ms']:6.1f} ms  "
+                      f"p99 {res['p99_ms']:6.1f} ms  errors {res['errors']}", flush=True)
+            stack.stop_server()
         env = stack.env
         tok1 = token_rate(env, 1)
         tokn = token_rate(env, args.workers)
@@ -220,11 +237,14 @@ def main() -> None:
     pyca = cryptography_rate(csrs)
     best = max(r[1] for r in rows)
     print()
-    print(f"| measure | certificates/s | ratio |")
-    print(f"|---|---:|---:|")
+    print("| measure | certificates/s | ratio |")
+    print("|---|---:|---:|")
     for c, certs, p50, p99, _e in rows:
-        print(f"| shomei HTTP issuance, {args.workers} workers, concurrency {c} (p50 {p50:.1f} ms, p99 {p99:.1f} ms) "
+        print(f"| shomei issuance over mTLS, {args.workers} workers, concurrency {c} (p50 {p50:.1f} ms, p99 {p99:.1f} ms) "
               f"| {certs:.0f} | {certs / tokn:.2f} of token |")
+    for (c, certs, p50, p99, _e), tls_row in zip(plain_rows, rows):
+        print(f"| the same over plain HTTP behind a TLS proxy's header, concurrency {c} (p50 {p50:.1f} ms, "
+              f"p99 {p99:.1f} ms) | {certs:.0f} | mTLS / plain = {tls_row[1] / certs:.2f} |")
     print(f"| raw token signing, 1 process (python-pkcs11 + SoftHSMv2) | {tok1:.0f} | |")
     print(f"| raw token signing, {args.workers} processes | {tokn:.0f} | 1.00 |")
     print(f"| `openssl x509 -req`, {args.workers} in parallel, key in memory | {ossl:.0f} | shomei best / openssl = {best / ossl:.1f} |")

@@ -44,6 +44,12 @@ class ClientCredential:
     def headers(self) -> dict:
         return {"X-Operator-Id": self.operator} if self.operator else {}
 
+    def proxy_headers(self) -> dict:
+        """What a TLS-terminating proxy adds after verifying this certificate (server.private_tls = false)."""
+        from cryptography import x509
+        serial = x509.load_pem_x509_certificate(self.cert_file.read_bytes()).serial_number
+        return {**self.headers(), "X-Client-Certificate-Serial": format(serial, "x")}
+
 
 class Stack:
     def __init__(self, toml: str | None = None):
@@ -64,6 +70,14 @@ class Stack:
         self.port = free_port()
         self.private_port = free_port()
         self.server = None
+        self.behind_proxy = False  # the private listener in plain HTTP behind a (simulated) TLS proxy
+
+    def use_proxy_mode(self) -> None:
+        """Next servers: private listener without TLS, believing X-Client-Certificate-Serial from 127.0.0.1
+        (as behind a TLS-terminating proxy on this host)."""
+        self.toml = self.dir / "proxy.toml"
+        self.toml.write_text('[server]\nprivate_tls = false\ntrusted_proxies = ["127.0.0.1"]\n')
+        self.behind_proxy = True
 
     @property
     def env(self) -> dict:
@@ -98,8 +112,8 @@ class Stack:
                     public_ok = json.loads(r.read())["status"] == "ok"
                 # the private listener too (it starts just after the public one in each worker)
                 if public_ok:
-                    with urllib.request.urlopen(f"{self.private_url}/healthz", timeout=2,
-                                                context=self.ssl_context()) as r:
+                    context = None if self.behind_proxy else self.ssl_context()
+                    with urllib.request.urlopen(f"{self.private_url}/healthz", timeout=2, context=context) as r:
                         if json.loads(r.read())["status"] == "ok":
                             return
             except (OSError, ValueError):
@@ -115,7 +129,7 @@ class Stack:
     @property
     def private_url(self) -> str:
         """The private listener (HTTPS, client certificate required: terminals, the feed, /metrics)."""
-        return f"https://127.0.0.1:{self.private_port}"
+        return f"{'http' if self.behind_proxy else 'https'}://127.0.0.1:{self.private_port}"
 
     @property
     def tls_dir(self) -> Path:

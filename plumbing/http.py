@@ -53,10 +53,22 @@ def error_response(exc: errors.ShomeiError) -> web.Response:
     return web.json_response({"error": exc.as_dict()}, status=status, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    """Typed errors -> JSON error bodies; anything unexpected -> 500 internal_error without details."""
+def make_error_middleware(admit: Callable[[web.Request], None] | None = None):
+    """Typed errors -> JSON error bodies; anything unexpected -> 500 internal_error without details.
+    ``admit(request)``, if given, runs first inside it (and may raise a typed error): the shell's listener
+    check, without a middleware layer of its own on every request."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        return await _handle(request, handler, admit)
+
+    return middleware
+
+
+async def _handle(request: web.Request, handler, admit):
     try:
+        if admit is not None:
+            admit(request)
         return await handler(request)
     except errors.ShomeiError as exc:
         if status_for(exc) >= 500:

@@ -8,9 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from ca_core.errors import NotFound, ShomeiError
 from ca_core.kinds import KINDS
-from plumbing.http import error_middleware, private
+from plumbing.http import make_error_middleware, private
 from plumbing.runtime import Runtime
-from shomei.listeners import ON_PRIVATE, Listeners, listener_middleware
+from shomei.listeners import ON_PRIVATE, Listeners, listener_check
 from shomei.supervisor import read_state
 from storage import crls, db
 
@@ -111,7 +111,7 @@ def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application
     import ocsp_responder.http as ocsp_http
     import revocation.http as revocation_http
 
-    app = web.Application(middlewares=[error_middleware, listener_middleware(listeners)], client_max_size=rt.cfg.server.max_body_bytes)
+    app = web.Application(middlewares=[make_error_middleware(listener_check(listeners))], client_max_size=rt.cfg.server.max_body_bytes)
     app[RT] = rt
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

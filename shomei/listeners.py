@@ -68,13 +68,15 @@ def _peer_serial(request: web.Request, trusted: frozenset[str]) -> bytes | None:
     return None
 
 
-def listener_middleware(listeners: Listeners):
-    @web.middleware
-    async def middleware(request: web.Request, handler):
+def listener_check(listeners: Listeners):
+    """``admit(request)`` for plumbing.http.make_error_middleware: on the private listener, put the client
+    certificate's serial on the request; on the public one, refuse private handlers (404)."""
+    private_ports = listeners.private_ports
+
+    def admit(request: web.Request) -> None:
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport else None
-        on_private = bool(sockname) and sockname[1] in listeners.private_ports
-        if on_private:
+        if sockname and sockname[1] in private_ports:
             request[ON_PRIVATE] = True
             serial = _peer_serial(request, listeners.trusted_proxies)
             if serial is not None:
@@ -82,9 +84,8 @@ def listener_middleware(listeners: Listeners):
         elif is_private(request.match_info.handler):
             raise NotFound("not served on the public listener; terminals, the feed and operations use the "
                            "private listener (HTTPS with a client certificate)", code="private_listener_only")
-        return await handler(request)
 
-    return middleware
+    return admit
 
 
 async def start(runner: web.AppRunner, cfg: Config, listeners: Listeners, tls_files, *,
