@@ -16,18 +16,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from plumbing.tls import client_context
 from shomei.embedded import EmbeddedPostgres, EmbeddedToken, free_port
 
 EXE = str(Path(sys.executable).with_name("shomei"))
 DEMO_OPERATOR = "demo-clerk"  # the registered operator of the demo terminal (municipality 131016)
-
-
-def client_ssl_context(ca_file, cert_file=None, key_file=None) -> ssl.SSLContext:
-    """An SSL context trusting the operations CA (``ca_file``), presenting a client certificate if given."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    if cert_file:
-        ctx.load_cert_chain(str(cert_file), str(key_file))
-    return ctx
 
 
 @dataclass(frozen=True)
@@ -39,7 +32,7 @@ class ClientCredential:
     operator: str | None = None  # X-Operator-Id of a terminal's requests
 
     def ssl_context(self) -> ssl.SSLContext:
-        return client_ssl_context(self.ca_file, self.cert_file, self.key_file)
+        return client_context(self.ca_file, self.cert_file, self.key_file)
 
     def headers(self) -> dict:
         return {"X-Operator-Id": self.operator} if self.operator else {}

@@ -151,9 +151,10 @@ def register(main: click.Group) -> None:
 
         from tqdm import tqdm
 
+        from plumbing.tls import client_context
+
         try:
-            context = ssl.create_default_context(cafile=str(ca_file))
-            context.load_cert_chain(str(cert_file), str(key_file))
+            context = client_context(ca_file, cert_file, key_file)
         except (OSError, ssl.SSLError) as exc:
             raise click.ClickException(f"cannot load the feed's TLS credentials: {exc}") from None
         headers = {"Content-Type": "application/x-ndjson"}

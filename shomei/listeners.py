@@ -14,7 +14,6 @@ the addresses in server.trusted_proxies.
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from ca_core.errors import NotFound
 from ca_core.serials import serial_bytes
 from plumbing.auth import CLIENT_SERIAL
 from plumbing.http import is_private
+from plumbing.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ class Listeners:
     """The ports of this process's private listener (filled in when its sites start)."""
     private_ports: set[int] = field(default_factory=set)
     trusted_proxies: frozenset[str] = frozenset()
-
-
-def server_ssl_context(cert_file, key_file, client_ca_file) -> ssl.SSLContext:
-    """TLS 1.2+, the server's certificate chain, and a client certificate of ``client_ca_file`` required."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert_file), str(key_file))
-    ctx.load_verify_locations(cafile=str(client_ca_file))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 def _peer_serial(request: web.Request, trusted: frozenset[str]) -> bytes | None:
@@ -94,7 +84,7 @@ async def start(runner: web.AppRunner, cfg: Config, listeners: Listeners, tls_fi
     srv = cfg.server
     public = web.TCPSite(runner, srv.host, srv.port, reuse_port=reuse_port, backlog=2048)
     await public.start()
-    context = server_ssl_context(tls_files.cert, tls_files.key, tls_files.client_ca) if srv.private_tls else None
+    context = server_context(tls_files.cert, tls_files.key, tls_files.client_ca) if srv.private_tls else None
     private = web.TCPSite(runner, srv.private_host, srv.private_port, ssl_context=context,
                           reuse_port=reuse_port, backlog=2048)
     await private.start()

@@ -12,16 +12,8 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
+from plumbing.tls import client_context
 from storage.clients import Client
-
-
-def client_context(ca_file: Path | str, cert_file: Path | str | None = None,
-                   key_file: Path | str | None = None) -> ssl.SSLContext:
-    """An SSL context trusting the operations CA, presenting a client certificate if given."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    if cert_file:
-        ctx.load_cert_chain(str(cert_file), str(key_file))
-    return ctx
 
 
 @dataclass(frozen=True)

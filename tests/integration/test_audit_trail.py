@@ -188,24 +188,26 @@ async def test_the_service_role_may_not_change_the_trail(rt, statement):
 
 # -- tampering by the owner ----------------------------------------------------------------------
 
+def _psql(url: str, sql: str) -> str:
+    """Run ``sql`` with psql, as an operator at a terminal would (one statement, stop on error)."""
+    import subprocess
+
+    res = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qtAc", sql], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
 async def test_a_changed_record_is_named(copy):
-    conn = await copy.owner()
-    try:
-        rid = await conn.fetchval("UPDATE audit_log SET details = details || '{\"reason\": 1}' WHERE seq = 12"
-                                  " RETURNING id")
-    finally:
-        await conn.close()
+    rid = int(_psql(copy.owner_url, "UPDATE audit_log SET details = details || '{\"reason\": 1}' WHERE seq = 12"
+                                    " RETURNING id").split()[0])
     p = await _verify(copy)
     assert isinstance(p, chain.Problem) and (p.kind, p.seq, p.id) == ("changed", 12, rid), p
     assert f"seq 12 (id {rid})" in p.message
 
 
 async def test_a_deleted_record_is_named(copy):
-    conn = await copy.owner()
-    try:
-        await conn.execute("DELETE FROM audit_log WHERE seq = 30")
-    finally:
-        await conn.close()
+    _psql(copy.owner_url, "DELETE FROM audit_log WHERE seq = 30")
     p = await _verify(copy)
     assert isinstance(p, chain.Problem) and p.kind == "deleted" and "seq 30 missing" in p.message, p
 
