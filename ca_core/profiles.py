@@ -256,6 +256,21 @@ def responder_tbs(issuer: Issuer, *, spki_der: bytes, serial: int, not_before: d
     return _tbs(serial, issuer.algorithm, issuer.name, subject, spki, not_before, not_after, exts)
 
 
+def link_tbs(signer: Issuer, *, subject_spki_der: bytes, serial: int, not_before: dt.datetime,
+             not_after: dt.datetime) -> x509.TbsCertificate:
+    """A key rollover link certificate (RFC 4210 4.4): another generation's public key, under the same CA
+    name, certified by ``signer``'s key. Self-issued (subject = issuer), so it does not count against
+    path lengths (RFC 5280 6.1.4); pathLenConstraint 0: the key it certifies signs end entities only."""
+    spki = keys.PublicKeyInfo.load(subject_spki_der)
+    exts = [
+        _ext("basic_constraints", x509.BasicConstraints({"ca": True, "path_len_constraint": 0}), critical=True),
+        _ext("key_usage", x509.KeyUsage({"key_cert_sign", "crl_sign"}), critical=True),
+        _ext("key_identifier", core.OctetString(key_identifier(spki))),
+        _ext("authority_key_identifier", _aki(signer)),
+    ]
+    return _tbs(serial, signer.algorithm, signer.name, signer.name, spki, not_before, not_after, exts)
+
+
 def tls_tbs(issuer: Issuer, *, subject: x509.Name, spki_der: bytes, serial: int, not_before: dt.datetime,
             not_after: dt.datetime, server: bool, dns_names: tuple[str, ...] = (),
             ip_addresses: tuple[str, ...] = ()) -> x509.TbsCertificate:

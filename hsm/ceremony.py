@@ -10,7 +10,7 @@ from ca_core.algorithms import SignatureAlgorithm, algorithm_for
 from ca_core.ca import Issuer
 from ca_core.config import CAConfig
 from ca_core.names import build_name
-from ca_core.profiles import assemble_certificate, responder_tbs, root_tbs
+from ca_core.profiles import assemble_certificate, link_tbs, responder_tbs, root_tbs
 from ca_core.serials import new_serial
 
 from .signer import Signer
@@ -72,6 +72,18 @@ async def create_self_signed(signer: Signer, label: str, subject, key_type: str,
     return MadeCertificate(label, assemble_certificate(tbs_der, alg, sig), now, not_after)
 
 
+async def create_links(signer: Signer, old: Issuer, new: Issuer, now: dt.datetime) -> tuple[bytes, bytes]:
+    """The two link certificates of a rollover: (new key certified by the old one, old key certified by
+    the new one), valid from now to the end of the shorter-lived of the two generations."""
+    not_after = min(old.not_after, new.not_after)
+    made = []
+    for signing, certified in ((old, new), (new, old)):
+        spki = certified.certificate["tbs_certificate"]["subject_public_key_info"].dump()
+        tbs = link_tbs(signing, subject_spki_der=spki, serial=new_serial(), not_before=now, not_after=not_after).dump()
+        made.append(assemble_certificate(tbs, signing.algorithm, await signer.sign(signing.key_label, signing.algorithm, tbs)))
+    return made[0], made[1]
+
+
 async def create_responder(signer: Signer, issuer: Issuer, ca: CAConfig, now: dt.datetime) -> MadeCertificate:
     """Delegated OCSP responder key (same type as the CA's) and its short-lived certificate."""
     label = responder_key_label(issuer.ca_id, issuer.generation, now)
@@ -83,4 +95,4 @@ async def create_responder(signer: Signer, issuer: Issuer, ca: CAConfig, now: dt
     return MadeCertificate(label, assemble_certificate(tbs_der, issuer.algorithm, sig), now, not_after)
 
 
-__all__ = ["MadeCertificate", "create_root", "create_self_signed", "create_responder", "ca_key_label", "SignatureAlgorithm"]
+__all__ = ["MadeCertificate", "create_root", "create_self_signed", "create_links", "create_responder", "ca_key_label", "SignatureAlgorithm"]

@@ -24,14 +24,21 @@ async def new_generation(conn, signer: Signer, cas_cfg: CAs, ca_id: str, now: dt
     """Create the next key generation of ``ca_id`` in the token and make it current; returns its number."""
     records = await cas.list_generations(conn)
     generation = 1 + max((r.issuer.generation for r in records if r.issuer.ca_id == ca_id), default=0)
+    previous = next((r.issuer for r in records if r.is_current and r.issuer.ca_id == ca_id), None)
     ca_cfg = cas_cfg.get(ca_id)
     made = await ceremony.create_root(signer, ca_id, generation, ca_cfg, now)
     spki = ax509.Certificate.load(made.certificate_der)["tbs_certificate"]["subject_public_key_info"]
-    await cas.insert_generation(
+    new_id = await cas.insert_generation(
         conn, ca_id=ca_id, generation=generation, key_label=made.key_label, key_type=ca_cfg.key_type,
         key_id=key_identifier(spki), certificate=made.certificate_der,
         fingerprint=hashlib.sha256(made.certificate_der).hexdigest(), not_before=made.not_before,
         not_after=made.not_after, make_current=True)
+    if previous is not None:  # relying parties trusting either root can validate the other's certificates
+        new = next(r.issuer for r in await cas.list_generations(conn) if r.issuer.db_id == new_id)
+        new_with_old, old_with_new = await ceremony.create_links(signer, previous, new, now)
+        for direction, der in (("new_with_old", new_with_old), ("old_with_new", old_with_new)):
+            await cas.insert_link(conn, new_generation_id=new_id, old_generation_id=previous.db_id,
+                                  direction=direction, certificate=der)
     log.info("CA %s generation %d created (key %s)", ca_id, generation, made.key_label)
     return generation
 

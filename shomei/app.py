@@ -12,7 +12,7 @@ from plumbing.http import make_error_middleware, private
 from plumbing.runtime import Runtime
 from shomei.listeners import ON_PRIVATE, Listeners, listener_check
 from shomei.supervisor import read_state
-from storage import crls, db
+from storage import cas, crls, db
 
 RT = web.AppKey("runtime", Runtime)  # the shell's own handlers (health, CA certificates) read it
 
@@ -94,11 +94,43 @@ async def ca_certificate(request: web.Request) -> web.Response:
                                  "ETag": f'"{issuer.fingerprint_sha256[:32]}"'})
 
 
+_LINKS = {"new-with-old": "new_with_old", "old-with-new": "old_with_new"}
+
+
+async def link_certificate(request: web.Request) -> web.Response:
+    """GET /ca/{ca}/g{gen}/new-with-old.crt|.pem and old-with-new.crt|.pem: the link certificates made
+    when generation {gen} replaced the one before it (RFC 4210 4.4)."""
+    rt = request.app[RT]
+    ca, name = request.match_info["ca"], request.match_info["link"]
+    stem, _, ext = name.rpartition(".")
+    if ca not in KINDS or stem not in _LINKS or ext not in ("crt", "pem"):
+        raise NotFound("no such link certificate; /ca/{ca}/g{n}/new-with-old.crt|.pem or old-with-new.crt|.pem",
+                       code="unknown_link_certificate")
+    generation = int(request.match_info["gen"])
+    async with rt.pool.acquire() as conn:
+        links = await cas.list_links(conn)
+    found = next((link for link in links if (link.ca_id, link.new_generation, link.direction)
+                  == (ca, generation, _LINKS[stem])), None)
+    if found is None:
+        raise NotFound(f"CA {ca} generation {generation} has no link certificates (not made by a rollover)",
+                       code="unknown_link_certificate")
+    if ext == "pem":
+        from shomei.credentials import pem
+        return web.Response(body=pem(found.certificate), content_type="application/x-pem-file",
+                            headers={"Cache-Control": "public, max-age=3600"})
+    return web.Response(body=found.certificate, content_type="application/pkix-cert",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+
 async def ca_list(request: web.Request) -> web.Response:
     rt = request.app[RT]
+    async with rt.pool.acquire() as conn:
+        links = await cas.list_links(conn)
     return web.json_response({"cas": [
         {"ca": i.ca_id, "generation": i.generation, "key_id": i.key_id.hex(), "current": rt.issuers.current(i.ca_id) is i,
-         "fingerprint_sha256": i.fingerprint_sha256, "not_after": i.not_after.isoformat()}
+         "fingerprint_sha256": i.fingerprint_sha256, "not_after": i.not_after.isoformat(),
+         "links": [f"/ca/{i.ca_id}/g{i.generation}/{link.direction.replace('_', '-')}.crt" for link in links
+                   if (link.ca_id, link.new_generation) == (i.ca_id, i.generation)]}
         for i in rt.issuers]})
 
 
@@ -118,6 +150,7 @@ def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application
     app.router.add_get("/ca", ca_list)
     app.router.add_get("/ca/{ca}.crt", ca_certificate)
     app.router.add_get("/ca/{ca}/{key_id}.crt", ca_certificate)
+    app.router.add_get(r"/ca/{ca}/g{gen:\d{1,6}}/{link}", link_certificate)
     for component in (issuance_http, revocation_http, crl_http, ocsp_http):
         component.setup(app, rt)
     if rt.worker_index is not None:  # `shomei serve`: every worker may sign the audit checkpoint that is due

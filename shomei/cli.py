@@ -80,9 +80,13 @@ def _colon_hex(hexstr: str) -> str:
 def ca_list(ctx: CommandContext) -> None:
     """Each CA generation with its SHA-256 fingerprint, as residents are told to compare."""
     async def _list(rt):
-        return list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}
+        from storage import cas
 
-    issuers, current = ctx.run(_list)
+        async with rt.pool.acquire() as conn:
+            links = await cas.list_links(conn)
+        return list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}, links
+
+    issuers, current, links = ctx.run(_list)
     if not issuers:
         click.echo("no CA yet: run `shomei ceremony`")
     for i in issuers:
@@ -90,6 +94,10 @@ def ca_list(ctx: CommandContext) -> None:
         click.echo(f"{i.ca_id:8} g{i.generation} {mark:8} key id {i.key_id.hex()}  not after "
                    f"{i.not_after:%Y-%m-%d}\n  SHA-256 {_colon_hex(i.fingerprint_sha256)}\n"
                    f"  {i.name.human_friendly}")
+        for link in links:
+            if (link.ca_id, link.new_generation) == (i.ca_id, i.generation):
+                click.echo(f"  link {link.direction.replace('_', '-')} (g{link.old_generation} <-> g{i.generation}): "
+                           f"/ca/{i.ca_id}/g{i.generation}/{link.direction.replace('_', '-')}.crt")
 
 
 @ca.command("rollover")

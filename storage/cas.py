@@ -73,3 +73,27 @@ _CEREMONY_LOCK = 0x5348_4F4D_4549_0001  # one ceremony (or rollover, or responde
 async def lock_ceremony(conn) -> None:
     """Serialise key ceremonies across processes and hosts, until the caller's transaction ends."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _CEREMONY_LOCK)
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    ca_id: str
+    new_generation: int
+    old_generation: int
+    direction: str  # new_with_old | old_with_new
+    certificate: bytes
+
+
+async def insert_link(conn, *, new_generation_id: int, old_generation_id: int, direction: str,
+                      certificate: bytes) -> None:
+    await conn.execute("INSERT INTO ca_link_certificate (new_generation_id, old_generation_id, direction, certificate)"
+                       " VALUES ($1,$2,$3,$4)", new_generation_id, old_generation_id, direction, certificate)
+
+
+async def list_links(conn) -> list[LinkRecord]:
+    rows = await conn.fetch(
+        "SELECT n.ca_id, n.generation AS new_generation, o.generation AS old_generation, l.direction, l.certificate"
+        " FROM ca_link_certificate l JOIN ca_generation n ON n.id = l.new_generation_id"
+        " JOIN ca_generation o ON o.id = l.old_generation_id ORDER BY n.ca_id, n.generation, l.direction")
+    return [LinkRecord(r["ca_id"], r["new_generation"], r["old_generation"], r["direction"], bytes(r["certificate"]))
+            for r in rows]

@@ -36,6 +36,8 @@ def test_ceremony_list_rollover(tmp_path):
     assert "generation 2 is now current" in _run(env, "ca", "rollover", "--ca", "signing")
     listing = _run(env, "ca", "list")
     assert "signing  g1 previous" in listing and "signing  g2 current" in listing and "auth     g1 current" in listing
+    assert "link new-with-old (g1 <-> g2): /ca/signing/g2/new-with-old.crt" in listing
+    assert "link old-with-new (g1 <-> g2): /ca/signing/g2/old-with-new.crt" in listing
     assert not _pg_running(var)
 
     # both generations carry the same name and different keys
