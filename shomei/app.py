@@ -11,6 +11,7 @@ from ca_core.kinds import KINDS
 from plumbing.http import make_error_middleware, private
 from plumbing.runtime import Runtime
 from shomei.listeners import ON_PRIVATE, Listeners, listener_check
+from shomei.operations import generation_plans
 from shomei.supervisor import read_state
 from storage import cas, crls, db
 
@@ -40,6 +41,8 @@ async def healthz(request: web.Request) -> web.Response:
         for f in failing:  # still served: the last good CRL; the schedule retries
             warnings.append(f"CRL {f.path} not published since {f.first_failed_at:%Y-%m-%dT%H:%M:%SZ} "
                             f"({f.attempts} attempts): {f.error}")
+        now = rt.clock.now()
+        warnings += [w for p in await generation_plans(rt) if (w := p.warning(now)) is not None]
     except Exception as exc:  # any failure is a health answer, not an error
         checks["database"] = f"error: {type(exc).__name__}"
     try:
@@ -65,7 +68,35 @@ async def healthz(request: web.Request) -> web.Response:
 
 @private
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(_registry()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest(_registry()) + await _expiry_metrics(request.app[RT])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _expiry_metrics(rt: Runtime) -> bytes:
+    """Days left per CA generation (to its end, to its rollover due date) and per OCSP responder
+    certificate, read at scrape time (the same in every worker, so not per-process metrics)."""
+    try:
+        plans = await generation_plans(rt)
+    except db.DATABASE_DOWN:
+        return b""
+    now = rt.clock.now()
+    series = {"shomei_ca_days_to_expiry": ("Days until the CA generation's certificate expires", []),
+              "shomei_ca_days_to_rollover_due": ("Days until the current generation's rollover is due", []),
+              "shomei_ocsp_responder_days_to_expiry": ("Days until the generation's OCSP responder certificate "
+                                                       "expires (renewed automatically)", [])}
+    for p in plans:
+        labels = f'{{ca="{p.ca_id}",generation="{p.generation}"}}'
+        series["shomei_ca_days_to_expiry"][1].append(f"{labels} {(p.not_after - now).total_seconds() / 86400:.2f}")
+        if p.current:
+            series["shomei_ca_days_to_rollover_due"][1].append(
+                f"{labels} {(p.rollover_due - now).total_seconds() / 86400:.2f}")
+        if p.responder_not_after is not None:
+            series["shomei_ocsp_responder_days_to_expiry"][1].append(
+                f"{labels} {(p.responder_not_after - now).total_seconds() / 86400:.2f}")
+    lines = []
+    for name, (help_text, samples) in series.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"] + [name + s for s in samples]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _issuer_or_404(rt, ca: str, key_id_hex: str | None):

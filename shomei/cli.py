@@ -80,13 +80,16 @@ def _colon_hex(hexstr: str) -> str:
 def ca_list(ctx: CommandContext) -> None:
     """Each CA generation with its SHA-256 fingerprint, as residents are told to compare."""
     async def _list(rt):
+        from shomei.operations import generation_plans
         from storage import cas
 
         async with rt.pool.acquire() as conn:
             links = await cas.list_links(conn)
-        return list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}, links
+        plans = {(p.ca_id, p.generation): p for p in await generation_plans(rt)}
+        return (list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}, links, plans,
+                rt.clock.now())
 
-    issuers, current, links = ctx.run(_list)
+    issuers, current, links, plans, now = ctx.run(_list)
     if not issuers:
         click.echo("no CA yet: run `shomei ceremony`")
     for i in issuers:
@@ -94,6 +97,14 @@ def ca_list(ctx: CommandContext) -> None:
         click.echo(f"{i.ca_id:8} g{i.generation} {mark:8} key id {i.key_id.hex()}  not after "
                    f"{i.not_after:%Y-%m-%d}\n  SHA-256 {_colon_hex(i.fingerprint_sha256)}\n"
                    f"  {i.name.human_friendly}")
+        p = plans.get((i.ca_id, i.generation))
+        if p is not None:
+            responder = f"; OCSP responder until {p.responder_not_after:%Y-%m-%d}" if p.responder_not_after else ""
+            due = (f"rollover due {p.rollover_due:%Y-%m-%d} ({(p.rollover_due - now).days} days)" if p.current
+                   else "replaced")
+            click.echo(f"  {due}{responder}")
+            if (warning := p.warning(now)) is not None:
+                click.echo(f"  WARNING: {warning}")
         for link in links:
             if (link.ca_id, link.new_generation) == (i.ca_id, i.generation):
                 click.echo(f"  link {link.direction.replace('_', '-')} (g{link.old_generation} <-> g{i.generation}): "
@@ -102,11 +113,19 @@ def ca_list(ctx: CommandContext) -> None:
 
 @ca.command("rollover")
 @click.option("--ca", "ca_id", type=click.Choice(KINDS), required=True)
+@click.option("--plan", "plan_only", is_flag=True, help="Print what would be made and when; write nothing.")
 @pass_context
-def ca_rollover(ctx: CommandContext, ca_id: str) -> None:
-    """Make a new key generation of a CA current (same name, new key)."""
-    from shomei.operations import rollover
+def ca_rollover(ctx: CommandContext, ca_id: str, plan_only: bool) -> None:
+    """Make a new key generation of a CA current (same name, new key), with its link certificates."""
+    from shomei.operations import generation_plans, rollover, rollover_plan
 
+    if plan_only:
+        async def _plan(rt):
+            return rollover_plan(await generation_plans(rt), ca_id, rt.cfg, rt.clock.now())
+
+        for line in ctx.run(_plan):
+            click.echo(line)
+        return
     click.echo(ctx.run(lambda rt: rollover(rt, ca_id)))
 
 

@@ -2,8 +2,10 @@
 responders), and CA key rollover."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
+from ca_core import expiry
 from ca_core.ca import IssuerSet
 from hsm import ceremony
 from issuance import ca_keys
@@ -47,3 +49,34 @@ async def rollover(rt: Runtime, ca_id: str) -> str:
                                details={"ca": ca_id, "generation": generation})
     await rt.reload_issuers()
     return f"CA {ca_id} generation {generation} is now current"
+
+
+async def generation_plans(rt: Runtime) -> list[expiry.GenerationPlan]:
+    """Every CA generation's expiry plan (rollover due, its newest responder certificate's end)."""
+    async with rt.pool.acquire() as conn:
+        records = await cas.list_generations(conn)
+        responders_by_generation = await cas.latest_responders(conn)
+    return [expiry.plan(r.issuer.ca_id, r.issuer.generation, r.is_current, r.issuer.not_after,
+                        getattr(responders_by_generation.get(r.issuer.db_id), "not_after", None))
+            for r in records]
+
+
+def rollover_plan(plans: list[expiry.GenerationPlan], ca_id: str, cfg, now) -> list[str]:
+    """What `shomei ca rollover --plan` prints: what would be made, when the current generation's rollover
+    is due, and when the generation it replaces would retire. Nothing is written."""
+    current = next((p for p in plans if p.ca_id == ca_id and p.current), None)
+    generation = 1 + max((p.generation for p in plans if p.ca_id == ca_id), default=0)
+    ca = cfg.ca.get(ca_id)
+    lines = [f"would create: CA {ca_id} generation {generation}, key {ceremony.ca_key_label(ca_id, generation)} "
+             f"({ca.key_type}) in the token, its self-signed certificate valid {ca.root_validity_days} days "
+             f"(until about {now + dt.timedelta(days=ca.root_validity_days):%Y-%m-%d}), its OCSP responder"]
+    if current is None:
+        return lines + ["no current generation: this is the CA's first (the ceremony makes it)"]
+    lines.append(f"and the link certificates g{current.generation} <-> g{generation} (new-with-old, old-with-new)")
+    due = current.rollover_due
+    lines.append(f"current generation g{current.generation}: ends {current.not_after:%Y-%m-%d}; rollover due "
+                 f"{due:%Y-%m-%d} ({(due - now).days} days from now), when its remaining life becomes shorter than "
+                 f"the longest certificate ({expiry.LONGEST_END_ENTITY.days} days)")
+    lines.append(f"if rolled over now, g{current.generation} keeps its CRLs and OCSP and retires on "
+                 f"{expiry.retires_at(current.not_after, now):%Y-%m-%d}, when its last certificate has expired")
+    return lines

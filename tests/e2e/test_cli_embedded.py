@@ -33,6 +33,11 @@ def test_ceremony_list_rollover(tmp_path):
     listing = _run(env, "ca", "list")
     assert listing.count("SHA-256") == 2 and "signing  g1 current" in listing
 
+    plan = _run(env, "ca", "rollover", "--ca", "signing", "--plan")
+    assert "would create: CA signing generation 2, key shomei-signing-g2" in plan
+    assert "rollover due" in plan and "retires on" in plan and "g1 <-> g2" in plan
+    assert "g2" not in _run(env, "ca", "list")  # nothing was written
+    assert "rollover due" in listing and "OCSP responder until" in listing
     assert "generation 2 is now current" in _run(env, "ca", "rollover", "--ca", "signing")
     listing = _run(env, "ca", "list")
     assert "signing  g1 previous" in listing and "signing  g2 current" in listing and "auth     g1 current" in listing
