@@ -45,7 +45,7 @@ from ca_core.profiles import CertificateProfile, partition_name
 from ca_core.revocation import Reason, encode_entry
 from hsm.signer import Signer
 from plumbing.status_channel import StatusSync, no_sync
-from storage import crls, revocations
+from storage import cas, crls, revocations
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class Target:
     issuer: Issuer
     scope: str
     kind: str
+    final: bool = False  # the last CRL of a retiring generation: nextUpdate at the CA certificate's end
 
     @property
     def partition(self) -> int | None:
@@ -328,10 +329,13 @@ class Publisher:
             idp = self.profiles[target.issuer.ca_id].crl_url(partition_name(target.issuer.generation,
                                                                             target.partition))
         freshest = None
-        if not delta and self.publish_deltas:
+        if not delta and self.publish_deltas and not target.final:
             freshest = self.url(Target(target.issuer, target.scope, "delta"))
+        next_update = this_update + dt.timedelta(minutes=minutes)
+        if target.final:  # no CRL will follow; none is needed once the CA certificate itself has expired
+            next_update = max(next_update, target.issuer.not_after)
         return crl_core.CRLSpec(issuer=target.issuer, number=number, this_update=this_update,
-                                next_update=this_update + dt.timedelta(minutes=minutes), idp_url=idp,
+                                next_update=next_update, idp_url=idp,
                                 delta_base=base_number if delta else None, freshest_url=freshest)
 
     # -- one CRL ---------------------------------------------------------------------------------
@@ -540,10 +544,32 @@ class Publisher:
                     await self.pool.release(other)
 
     # -- many CRLs -------------------------------------------------------------------------------
-    def generations(self, ca_ids=KINDS) -> list[Issuer]:
-        """CA generations that still publish: every generation whose CA certificate has not expired."""
+    def generations(self, ca_ids=KINDS, retired: set[int] = frozenset()) -> list[Issuer]:
+        """CA generations that still publish: every generation whose CA certificate has not expired and
+        that is not retired (``retired``: their database ids)."""
         now = self.clock.now()
-        return [i for ca in ca_ids for i in self.issuers.issuers.generations(ca) if i.not_after > now]
+        return [i for ca in ca_ids for i in self.issuers.issuers.generations(ca)
+                if i.not_after > now and i.db_id not in retired]
+
+    async def retire_due(self) -> list[Outcome]:
+        """Replaced generations whose every certificate has expired: a final complete CRL of each scope
+        (nextUpdate at the CA certificate's end, no delta named), then the generation is retired."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn:
+            due = set(await cas.retirement_due(conn, now))
+        done = []
+        for issuer in self.generations():
+            if issuer.db_id not in due:
+                continue
+            outcomes = [await self.publish(Target(t.issuer, t.scope, t.kind, final=True))
+                        for t in await self.targets(issuer, "base")]
+            done += outcomes
+            if all(o.published for o in outcomes):
+                async with self.pool.acquire() as conn:
+                    await cas.retire(conn, issuer.db_id, now)
+                log.info("CA %s generation %d retired: its last certificate has expired; final CRLs published",
+                         issuer.ca_id, issuer.generation)
+        return done
 
     async def targets(self, issuer: Issuer, kind: str, partitions: list[int] | None = None,
                       full: bool = True) -> list[Target]:
@@ -575,8 +601,10 @@ class Publisher:
         def delta_is_due(last, base):
             return base is not None and (last is None or last.number < base.number or last.this_update <= delta_due)
 
-        done = []
-        for issuer in self.generations():
+        done = await self.retire_due()
+        async with self.pool.acquire() as conn:
+            retired = await cas.retired_generation_ids(conn)
+        for issuer in self.generations(retired=retired):
             async with self.pool.acquire() as conn:
                 latest = await crls.latest_by_scope(conn, issuer.db_id)
             for target in await self.targets(issuer, "base"):

@@ -85,15 +85,16 @@ def ca_list(ctx: CommandContext) -> None:
 
         async with rt.pool.acquire() as conn:
             links = await cas.list_links(conn)
+            retired = await cas.retired_at(conn)
         plans = {(p.ca_id, p.generation): p for p in await generation_plans(rt)}
         return (list(rt.issuers), {i.ca_id: rt.issuers.current(i.ca_id) for i in rt.issuers}, links, plans,
-                rt.clock.now())
+                rt.clock.now(), retired)
 
-    issuers, current, links, plans, now = ctx.run(_list)
+    issuers, current, links, plans, now, retired = ctx.run(_list)
     if not issuers:
         click.echo("no CA yet: run `shomei ceremony`")
     for i in issuers:
-        mark = "current" if current.get(i.ca_id) is i else "previous"
+        mark = "current" if current.get(i.ca_id) is i else ("retired" if i.db_id in retired else "previous")
         click.echo(f"{i.ca_id:8} g{i.generation} {mark:8} key id {i.key_id.hex()}  not after "
                    f"{i.not_after:%Y-%m-%d}\n  SHA-256 {_colon_hex(i.fingerprint_sha256)}\n"
                    f"  {i.name.human_friendly}")
@@ -101,7 +102,8 @@ def ca_list(ctx: CommandContext) -> None:
         if p is not None:
             responder = f"; OCSP responder until {p.responder_not_after:%Y-%m-%d}" if p.responder_not_after else ""
             due = (f"rollover due {p.rollover_due:%Y-%m-%d} ({(p.rollover_due - now).days} days)" if p.current
-                   else "replaced")
+                   else f"retired {retired[i.db_id]:%Y-%m-%d}: final CRLs published" if i.db_id in retired
+                   else "replaced: publishes CRLs until its last certificate has expired")
             click.echo(f"  {due}{responder}")
             if (warning := p.warning(now)) is not None:
                 click.echo(f"  WARNING: {warning}")

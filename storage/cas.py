@@ -97,3 +97,25 @@ async def list_links(conn) -> list[LinkRecord]:
         " JOIN ca_generation o ON o.id = l.old_generation_id ORDER BY n.ca_id, n.generation, l.direction")
     return [LinkRecord(r["ca_id"], r["new_generation"], r["old_generation"], r["direction"], bytes(r["certificate"]))
             for r in rows]
+
+
+async def retired_generation_ids(conn) -> set[int]:
+    return {r["id"] for r in await conn.fetch("SELECT id FROM ca_generation WHERE retired_at IS NOT NULL")}
+
+
+async def retirement_due(conn, now: dt.datetime) -> list[int]:
+    """Replaced generations not yet retired whose every certificate has expired."""
+    rows = await conn.fetch(
+        "SELECT g.id FROM ca_generation g WHERE NOT g.is_current AND g.retired_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM certificate c WHERE c.ca_generation_id = g.id AND c.not_after > $1)", now)
+    return [r["id"] for r in rows]
+
+
+async def retire(conn, generation_id: int, at: dt.datetime) -> None:
+    await conn.execute("UPDATE ca_generation SET retired_at = $2 WHERE id = $1 AND retired_at IS NULL",
+                       generation_id, at)
+
+
+async def retired_at(conn) -> dict[int, dt.datetime]:
+    return {r["id"]: r["retired_at"] for r in
+            await conn.fetch("SELECT id, retired_at FROM ca_generation WHERE retired_at IS NOT NULL")}

@@ -144,3 +144,71 @@ async def test_link_certificates_are_published(rolled, pg):
     finally:
         await client.close()
         await pool.close()
+
+
+async def test_a_replaced_generation_retires_after_its_last_certificate(pg, keys, tmp_path):
+    """g1 keeps publishing after the rollover while a certificate it issued is valid; once that has
+    expired, a final CRL (nextUpdate at g1's own end, no delta named) and g1 is retired: no more CRLs."""
+    from ca_core.ca import FixedIssuers
+    from ca_core.clock import FixedClock
+    from ca_core.kinds import KINDS
+    from ca_core.profiles import CertificateProfile
+    from crl_publisher.publisher import Publisher
+    from issuance.service import IssuanceService
+    from storage import clients
+    from tests.services.support import CardKeys, issue_request
+
+    name = f"shomei_retire_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(pg.url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = _database_url(pg.url, name)
+    await asyncio.to_thread(db.migrate, url)
+    pool = await db.create_pool(url, min_size=1, max_size=4)
+    signer, cfg = SoftwareSigner(), config.load(env={})
+    profiles = {kind: CertificateProfile.from_config(cfg, kind) for kind in KINDS}
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await ca_keys.ensure_generations(conn, signer, cfg.ca, T0)
+            terminal = await clients.register(conn, kind="terminal", name="t", municipality_code="131016")
+        async with pool.acquire() as conn:
+            issuers = IssuerSet(await cas.list_generations(conn))
+        issuance = IssuanceService(pool=pool, signer=signer, clock=FixedClock(T0), issuers=FixedIssuers(issuers),
+                                   profiles=profiles, settings=cfg.issuance, resident_key=secrets.token_bytes(32))
+        card_end = (T0 + dt.timedelta(days=200)).date().isoformat()
+        result = await issuance.issue(terminal, "clerk", issue_request({"auth": CardKeys(keys).next()}, clock=issuance.clock,
+                                                                       card_expires_on=card_end))
+        cert_end = result.certificates[0].not_after
+        async with pool.acquire() as conn, conn.transaction():
+            await ca_keys.new_generation(conn, signer, cfg.ca, "auth", T0 + dt.timedelta(days=30))
+            issuers = IssuerSet(await cas.list_generations(conn))
+        g1 = next(i for i in issuers if (i.ca_id, i.generation) == ("auth", 1))
+
+        def publisher(at):
+            return Publisher(pool=pool, signer=signer, clock=FixedClock(at), issuers=FixedIssuers(issuers),
+                             profiles=profiles, settings=cfg.crl, partition_size=cfg.issuance.partition_size,
+                             out=tmp_path / "crl")
+
+        def g1_outcomes(outcomes):
+            return [o for o in outcomes if o.target.issuer.db_id == g1.db_id and o.published]
+
+        before = g1_outcomes(await publisher(T0 + dt.timedelta(days=60)).run_due())
+        assert before and not any(o.target.final for o in before)  # still publishing, not final
+        async with pool.acquire() as conn:
+            assert await cas.retired_generation_ids(conn) == set()
+        after_end = cert_end + dt.timedelta(days=1)
+        final = g1_outcomes(await publisher(after_end).run_due())
+        assert final and all(o.target.final and o.target.kind == "base" for o in final)
+        crl = x509.load_der_x509_crl((tmp_path / "crl" / "auth" / "g1" / "full.crl").read_bytes())
+        assert crl.next_update_utc == g1.not_after
+        assert crl.is_signature_valid(x509.load_der_x509_certificate(g1.certificate_der).public_key())
+        names = {e.oid for e in crl.extensions}
+        assert x509.oid.ExtensionOID.FRESHEST_CRL not in names
+        async with pool.acquire() as conn:
+            assert await cas.retired_generation_ids(conn) == {g1.db_id}
+        assert not g1_outcomes(await publisher(after_end + dt.timedelta(days=3)).run_due())  # nothing more
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(pg.url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
