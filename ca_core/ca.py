@@ -101,9 +101,15 @@ class IssuerSource(Protocol):
 
     issuers: IssuerSet
 
+    async def reload_on_miss(self) -> bool:
+        """Read the generations again after asking for one nobody knew (rate-limited); True if it did."""
+
 
 class FixedIssuers:
     """An IssuerSource that never changes (tools and tests)."""
 
     def __init__(self, issuers: IssuerSet):
         self.issuers = issuers
+
+    async def reload_on_miss(self) -> bool:
+        return False

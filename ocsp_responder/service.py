@@ -142,6 +142,10 @@ class Responder:
             return _error(parsed)
         self._check_issuers()
         issuer = self.index.resolve(parsed)
+        if issuer is ResponseStatus.unauthorized and await self.directory.reload_on_miss():
+            await self.load_responders()  # a generation another process just made, with its responder
+            self._check_issuers()
+            issuer = self.index.resolve(parsed)
         if isinstance(issuer, ResponseStatus):
             return _error(issuer)
         responder = self.responders.get(issuer.db_id)

@@ -7,6 +7,7 @@ this module only connects to what the configuration names.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ca_core.errors import ConfigError
 from hsm.pkcs11_signer import PKCS11Signer, StartupError, read_pin
 from hsm.signer import Signer
 from storage import cas, db
+from storage.db import DATABASE_DOWN
 
 from .auth import ClientCache
 from .status_channel import StatusChannel
@@ -33,11 +35,25 @@ class IssuerDirectory:
     def __init__(self, pool, issuers: IssuerSet | None = None):
         self._pool = pool
         self.issuers = issuers if issuers is not None else IssuerSet([])
+        self._missed_at = float("-inf")  # the last reload_on_miss
 
     async def reload(self) -> IssuerSet:
         async with self._pool.acquire() as conn:
             self.issuers = IssuerSet(await cas.list_generations(conn))
         return self.issuers
+
+    async def reload_on_miss(self, min_interval: float = 1.0) -> bool:
+        """A key id or issuer nobody here knows may be a generation another process just made: read the
+        generations again, at most once per ``min_interval`` (unknown ids sent by anyone cannot make every
+        request a query). True when it read them."""
+        if time.monotonic() - self._missed_at < min_interval:
+            return False
+        self._missed_at = time.monotonic()
+        try:
+            await self.reload()
+        except DATABASE_DOWN:
+            return False
+        return True
 
 
 @dataclass

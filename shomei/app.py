@@ -119,7 +119,13 @@ def _issuer_or_404(rt, ca: str, key_id_hex: str | None):
 async def ca_certificate(request: web.Request) -> web.Response:
     """GET /ca/{ca}.crt (current generation) and /ca/{ca}/{key_id}.crt (any generation), DER."""
     rt = request.app[RT]
-    issuer = _issuer_or_404(rt, request.match_info["ca"], request.match_info.get("key_id"))
+    ca, key_id = request.match_info["ca"], request.match_info.get("key_id")
+    try:
+        issuer = _issuer_or_404(rt, ca, key_id)
+    except NotFound:
+        if not await rt.directory.reload_on_miss():  # a generation another process just made?
+            raise
+        issuer = _issuer_or_404(rt, ca, key_id)
     return web.Response(body=issuer.certificate_der, content_type="application/pkix-cert",
                         headers={"Cache-Control": "public, max-age=3600",
                                  "ETag": f'"{issuer.fingerprint_sha256[:32]}"'})
