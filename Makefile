@@ -5,17 +5,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak sysdeps venv bench clean-var
+.PHONY: run test soak sysdeps testdeps screenshots venv bench clean-var
 
 run: sysdeps $(STAMP)
 	$(BIN)/shomei serve
 
-test: sysdeps $(STAMP)
+test: sysdeps testdeps $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The README's screenshots, taken by the browser tests.
+screenshots: sysdeps testdeps $(STAMP)
+	SHOMEI_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/e2e/test_repository_browser.py
 
 # Thousands of random event sequences against the reference model of the status rules (tests/model),
 # then 100 crash trials (SIGKILL of the service or a worker under traffic; the table is printed).
-soak: sysdeps $(STAMP)
+soak: sysdeps testdeps $(STAMP)
 	SHOMEI_MODEL_SOAK=1 $(BIN)/python -m pytest -q --timeout=0 tests/model
 	SHOMEI_CRASH_TRIALS=100 $(BIN)/python -m pytest -q -s --timeout=0 tests/e2e/test_crash_campaign.py
 
@@ -37,6 +41,17 @@ sysdeps:
 	command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# What only the tests need: Chromium (the browser tests drive it with Playwright) and a Japanese font.
+testdeps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/share/fonts/opentype/ipafont-gothic >/dev/null 2>&1 || missing="$$missing fonts-ipafont-gothic"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

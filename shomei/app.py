@@ -11,6 +11,7 @@ from ca_core.kinds import KINDS
 from plumbing.http import make_error_middleware, private
 from plumbing.runtime import Runtime
 from shomei.listeners import ON_PRIVATE, Listeners, listener_check
+from shomei import repository
 from shomei.operations import generation_plans
 from shomei.supervisor import read_state
 from storage import cas, crls, db
@@ -116,16 +117,19 @@ def _issuer_or_404(rt, ca: str, key_id_hex: str | None):
     return issuer
 
 
-async def ca_certificate(request: web.Request) -> web.Response:
-    """GET /ca/{ca}.crt (current generation) and /ca/{ca}/{key_id}.crt (any generation), DER."""
-    rt = request.app[RT]
-    ca, key_id = request.match_info["ca"], request.match_info.get("key_id")
+async def _find_issuer(rt, ca: str, key_id_hex: str | None):
     try:
-        issuer = _issuer_or_404(rt, ca, key_id)
+        return _issuer_or_404(rt, ca, key_id_hex)
     except NotFound:
         if not await rt.directory.reload_on_miss():  # a generation another process just made?
             raise
-        issuer = _issuer_or_404(rt, ca, key_id)
+        return _issuer_or_404(rt, ca, key_id_hex)
+
+
+async def ca_certificate(request: web.Request) -> web.Response:
+    """GET /ca/{ca}.crt (current generation) and /ca/{ca}/{key_id}.crt (any generation), DER."""
+    rt = request.app[RT]
+    issuer = await _find_issuer(rt, request.match_info["ca"], request.match_info.get("key_id"))
     return web.Response(body=issuer.certificate_der, content_type="application/pkix-cert",
                         headers={"Cache-Control": "public, max-age=3600",
                                  "ETag": f'"{issuer.fingerprint_sha256[:32]}"'})
@@ -159,6 +163,15 @@ async def link_certificate(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "public, max-age=3600"})
 
 
+async def ca_certificate_pem(request: web.Request) -> web.Response:
+    """GET /ca/{ca}/{key_id}.pem: a CA generation's certificate in PEM."""
+    from shomei.credentials import pem
+
+    issuer = await _find_issuer(request.app[RT], request.match_info["ca"], request.match_info["key_id"])
+    return web.Response(body=pem(issuer.certificate_der), content_type="application/x-pem-file",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+
 async def ca_list(request: web.Request) -> web.Response:
     rt = request.app[RT]
     async with rt.pool.acquire() as conn:
@@ -187,6 +200,9 @@ def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application
     app.router.add_get("/ca", ca_list)
     app.router.add_get("/ca/{ca}.crt", ca_certificate)
     app.router.add_get("/ca/{ca}/{key_id}.crt", ca_certificate)
+    app.router.add_get("/ca/{ca}/{key_id}.pem", ca_certificate_pem)
+    app.router.add_get("/repository", repository.repository)
+    app.router.add_get("/repository/en", repository.repository)
     app.router.add_get(r"/ca/{ca}/g{gen:\d{1,6}}/{link}", link_certificate)
     for component in (issuance_http, revocation_http, crl_http, ocsp_http):
         component.setup(app, rt)
