@@ -4,6 +4,7 @@ through them (and not without them)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import secrets
 import subprocess
@@ -26,15 +27,33 @@ from tests.services.conftest import _database_url
 from tests.services.support import T0
 
 
-@pytest_asyncio.fixture
-async def rolled(pg):
-    """A database of its own with the signing CA's generation 1, then a rollover to generation 2."""
+@contextlib.asynccontextmanager
+async def own_database(pg):
+    """A migrated database of its own in the session's cluster (a rollover changes what is current: the
+    other tests' database is left alone); dropped afterwards. Yields its URL."""
     name = f"shomei_rollover_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(pg.url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = _database_url(pg.url, name)
     await asyncio.to_thread(db.migrate, url)
+    try:
+        yield url
+    finally:
+        admin = await asyncpg.connect(pg.url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def rolled(pg):
+    """A database of its own with the signing CA's generation 1, then a rollover to generation 2."""
+    async with own_database(pg) as url:
+        async for value in _rolled(url):
+            yield value
+
+
+async def _rolled(url):
     pool = await db.create_pool(url, min_size=1, max_size=2)
     signer = SoftwareSigner()
     cfg = config.load(env={})
@@ -45,9 +64,6 @@ async def rolled(pg):
         links = await cas.list_links(conn)
     yield signer, issuers, links, url
     await pool.close()
-    admin = await asyncpg.connect(pg.url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def _end_entity(signer, issuer, at: dt.datetime) -> x509.Certificate:
@@ -149,6 +165,11 @@ async def test_link_certificates_are_published(rolled, pg):
 async def test_a_replaced_generation_retires_after_its_last_certificate(pg, keys, tmp_path):
     """g1 keeps publishing after the rollover while a certificate it issued is valid; once that has
     expired, a final CRL (nextUpdate at g1's own end, no delta named) and g1 is retired: no more CRLs."""
+    async with own_database(pg) as url:
+        await _retirement(url, keys, tmp_path)
+
+
+async def _retirement(url, keys, tmp_path):
     from ca_core.ca import FixedIssuers
     from ca_core.clock import FixedClock
     from ca_core.kinds import KINDS
@@ -158,12 +179,6 @@ async def test_a_replaced_generation_retires_after_its_last_certificate(pg, keys
     from storage import clients
     from tests.services.support import CardKeys, issue_request
 
-    name = f"shomei_retire_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(pg.url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = _database_url(pg.url, name)
-    await asyncio.to_thread(db.migrate, url)
     pool = await db.create_pool(url, min_size=1, max_size=4)
     signer, cfg = SoftwareSigner(), config.load(env={})
     profiles = {kind: CertificateProfile.from_config(cfg, kind) for kind in KINDS}
@@ -209,6 +224,3 @@ async def test_a_replaced_generation_retires_after_its_last_certificate(pg, keys
         assert not g1_outcomes(await publisher(after_end + dt.timedelta(days=3)).run_due())  # nothing more
     finally:
         await pool.close()
-        admin = await asyncpg.connect(pg.url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
