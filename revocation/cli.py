@@ -72,8 +72,11 @@ def _online_command(procedure: str, path: str):
     @click.option("--birth-date", help="EYYYYMMDD, as in the certificate.")
     @click.option("--sex", help="1 male, 2 female, 3 unknown, 9 not applicable.")
     @click.option("--url", default=DEFAULT_URL, show_default=True, help="Base URL of the service.")
+    @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write the signed application to this file instead of sending it (for the online "
+                       "window's web page).")
     def command(cert_path, key_path, pkcs11_module, token_label, pin_file, key_label, name, address, birth_date,
-                sex, url):
+                sex, url, out_path):
         from . import online_client
 
         cert_der = _load_certificate(cert_path)
@@ -86,6 +89,10 @@ def _online_command(procedure: str, path: str):
             raise click.UsageError(f"give --{missing[0].replace('_', '-')} (an auth certificate holds no basic-4 "
                                    "information)")
         der = online_client.build(procedure, cert_der, sign, applicant)
+        if out_path is not None:
+            out_path.write_bytes(der)
+            click.echo(f"application written to {out_path} ({len(der)} octets)")
+            return
         status, body, _headers = _post(url.rstrip("/") + path, der, {"Content-Type": online_client.CONTENT_TYPE},
                                        timeout=60)
         if status >= 400:

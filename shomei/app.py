@@ -11,6 +11,7 @@ from ca_core.kinds import KINDS
 from plumbing.http import make_error_middleware, private
 from plumbing.runtime import Runtime
 from shomei.listeners import ON_PRIVATE, Listeners, listener_check
+from shomei import online_page as online_page_module
 from shomei import repository
 from shomei.operations import generation_plans
 from shomei.supervisor import read_state
@@ -176,6 +177,16 @@ async def repository_page(request: web.Request) -> web.Response:
     return await repository.page(request, request.app[RT])
 
 
+async def online_page(request: web.Request) -> web.Response:
+    if request.method == "GET":
+        return await online_page_module.form(request)
+    import revocation.http as revocation_http
+
+    rt = request.app[RT]
+    return await online_page_module.submit(request, request.app[revocation_http.ENDPOINTS].online_window,
+                                           rt.cfg.revocation.online_max_body_bytes)
+
+
 async def ca_list(request: web.Request) -> web.Response:
     rt = request.app[RT]
     async with rt.pool.acquire() as conn:
@@ -207,6 +218,9 @@ def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application
     app.router.add_get("/ca/{ca}/{key_id}.pem", ca_certificate_pem)
     app.router.add_get("/repository", repository_page)
     app.router.add_get("/repository/en", repository_page)
+    for path in ("/online", "/online/en"):
+        app.router.add_get(path, online_page)
+        app.router.add_post(path, online_page)
     app.router.add_get(r"/ca/{ca}/g{gen:\d{1,6}}/{link}", link_certificate)
     for component in (issuance_http, revocation_http, crl_http, ocsp_http):
         component.setup(app, rt)
