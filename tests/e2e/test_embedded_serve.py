@@ -182,7 +182,7 @@ def test_embedded_default_first_and_second_start(tmp_path):
         err = _stop(proc)
     assert "Traceback" not in err, err
     # PostgreSQL was stopped with the service
-    pg_status = subprocess.run(["bash", "-c", f"ls /usr/lib/postgresql/*/bin/pg_ctl | tail -1"], capture_output=True,
+    pg_status = subprocess.run(["bash", "-c", "ls /usr/lib/postgresql/*/bin/pg_ctl | tail -1"], capture_output=True,
                                text=True).stdout.strip()
     if os.geteuid() == 0:
         st = subprocess.run(["runuser", "-u", "postgres", "--", pg_status, "-D", str(var / "pg/data"), "status"],
