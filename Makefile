@@ -15,7 +15,7 @@ test: sysdeps testdeps $(STAMP)
 
 # The README's screenshots, taken by the browser tests.
 screenshots: sysdeps testdeps $(STAMP)
-	SHOMEI_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/e2e/test_repository_browser.py tests/e2e/test_online_page_browser.py
+	SHOMEI_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/e2e/test_repository_browser.py tests/e2e/test_online_page_browser.py tests/e2e/test_status_page_browser.py
 
 # Thousands of random event sequences against the reference model of the status rules (tests/model),
 # then 100 crash trials (SIGKILL of the service or a worker under traffic; the table is printed).

@@ -13,6 +13,7 @@ from plumbing.runtime import Runtime
 from shomei.listeners import ON_PRIVATE, Listeners, listener_check
 from shomei import online_page as online_page_module
 from shomei import repository
+from shomei import status_page as status_page_module
 from shomei.operations import generation_plans
 from shomei.supervisor import read_state
 from storage import cas, crls, db
@@ -187,6 +188,16 @@ async def online_page(request: web.Request) -> web.Response:
                                            rt.cfg.revocation.online_max_body_bytes)
 
 
+@private
+async def status_page(request: web.Request) -> web.Response:
+    """GET /status: the operators' status page (private listener, clients of kind operations)."""
+    from plumbing.auth import authenticate
+
+    rt = request.app[RT]
+    await authenticate(request, rt.clients, "operations")
+    return await status_page_module.page(request, rt, await generation_plans(rt), read_state())
+
+
 async def ca_list(request: web.Request) -> web.Response:
     rt = request.app[RT]
     async with rt.pool.acquire() as conn:
@@ -218,6 +229,7 @@ def make_app(rt: Runtime, listeners: Listeners | None = None) -> web.Application
     app.router.add_get("/ca/{ca}/{key_id}.pem", ca_certificate_pem)
     app.router.add_get("/repository", repository_page)
     app.router.add_get("/repository/en", repository_page)
+    app.router.add_get("/status", status_page)
     for path in ("/online", "/online/en"):
         app.router.add_get(path, online_page)
         app.router.add_post(path, online_page)

@@ -165,9 +165,10 @@ def _read_csr(csr: Path | None) -> str | None:
 
 
 @client.command("add")
-@click.option("--kind", type=click.Choice(["terminal", "national", "feed", "verifier"]), required=True,
+@click.option("--kind", type=click.Choice(["terminal", "national", "feed", "operations", "verifier"]), required=True,
               help="terminal (a municipality's window), national (the call centre: holds anywhere), feed, "
-                   "verifier (an OCSP relying party with a bearer credential).")
+                   "operations (reads the operators' status page), verifier (an OCSP relying party with a "
+                   "bearer credential).")
 @click.option("--name", required=True, help="Unique name; the certificate's CN.")
 @click.option("--municipality", "municipality_code", help="Municipality code of a terminal.")
 @click.option("--csr", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -433,6 +434,7 @@ async def _bootstrap(cfg, embedded: bool) -> None:
             await ensure_demo_client(rt, kind="terminal", name="demo-terminal", municipality_code="131016",
                                      folder=tls, operator="demo-clerk")
             await ensure_demo_client(rt, kind="feed", name="demo-feed", folder=tls)
+            await ensure_demo_client(rt, kind="operations", name="demo-operator", folder=tls)
     finally:
         await rt.close()
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 OPERATIONS_CA_SUBJECT = (("O", "shomei"), ("OU", "operations"), ("CN", "shomei operations CA"))
 OPERATIONS_CA_DAYS = 3650
 SERVER_RENEW_DAYS = 30  # a server certificate shomei made is made anew this close to its end
-CERT_KINDS = ("terminal", "national", "feed")  # clients with certificates; verifiers have bearer credentials
+CERT_KINDS = ("terminal", "national", "feed", "operations")  # clients with certificates; verifiers have bearer credentials
 
 
 @dataclass(frozen=True)

@@ -209,3 +209,10 @@ async def mark_free_reissue(conn, rows, *, at: dt.datetime) -> None:
         await conn.execute("INSERT INTO free_reissue (resident_hash, cause, source_ref, created_at)"
                            " SELECT h, c, r, $4 FROM unnest($1::bytea[], $2::text[], $3::text[]) AS u(h, c, r)",
                            [h for h, _c, _r in rows], [c for _h, c, _r in rows], [r for _h, _c, r in rows], at)
+
+
+async def recent_by_hour(conn, since) -> list[tuple[object, int, int]]:
+    """(hour, CRLReason, count) of revocations and holds recorded since ``since``, for the status page."""
+    rows = await conn.fetch("SELECT date_trunc('hour', revoked_at) AS hour, reason, count(*) AS n FROM revocation"
+                            " WHERE revoked_at >= $1 GROUP BY 1, 2 ORDER BY 1, 2", since)
+    return [(r["hour"], r["reason"], r["n"]) for r in rows]

@@ -1,0 +1,42 @@
+"""The operators' status page in a real browser (headless Chromium with an operations client
+certificate, on the private listener): CA generations with their expiry, CRL publication, the last
+24 hours of revocations with an hourly chart, the token. Other client kinds get 403; the public
+listener does not serve it."""
+from __future__ import annotations
+
+import os
+
+from tests.e2e.test_repository_browser import DOCS, browser  # noqa: F401 (the browser fixture)
+from tests.integration.revocation_support import new_holder, post, rid
+from tests.tls_clients import make_credential
+
+
+async def test_status_page(browser, http, public, rt, terminal, keys, stack_dir, tmp_path):  # noqa: F811
+    ops = await make_credential(rt, stack_dir / "clients", kind="operations", operators=())
+    holder = await new_holder(http, terminal, keys)
+    st, body = await post(http, "/v1/holds", terminal, {"request_id": rid(), "serial": holder.hex("auth")})
+    assert st == 201, body
+    base = str(http.make_url("")).rstrip("/")
+    context = await browser.new_context(
+        client_certificates=[{"origin": base, "certPath": str(ops.cert_file), "keyPath": str(ops.key_file)}],
+        ignore_https_errors=True, viewport={"width": 1100, "height": 900})
+    page = await context.new_page()
+    resp = await page.goto(f"{base}/status")
+    assert resp.status == 200
+    assert await page.inner_text("[data-token]") == "ok"
+    rows = page.locator("#generations tbody tr[data-ca]")
+    assert await rows.count() == len(list(rt.issuers))
+    current = rt.issuers.current("signing")
+    row = page.locator(f'#generations tr[data-ca=signing][data-generation="{current.generation}"]')
+    assert await row.locator("[data-status]").inner_text() == "current"
+    assert int(await page.inner_text("[data-total]")) >= 1  # the hold above, at least
+    assert "certificateHold" in await page.inner_text("#reasons")
+    assert await page.locator("svg rect").count() == 24
+    shots = DOCS if os.environ.get("SHOMEI_SCREENSHOTS") else tmp_path
+    await page.screenshot(path=str(shots / "status.png"))
+    await context.close()
+    # other kinds and the public listener
+    resp = await http.get("/status", ssl=terminal.ssl)
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "wrong_client_kind"
+    resp = await public.get("/status")
+    assert resp.status == 404
