@@ -14,15 +14,19 @@ from tests.e2e.test_repository_browser import DOCS, browser  # noqa: F401 (the b
 from tests.integration.revocation_support import APPLICANT, new_holder
 
 
-async def _submit(page, base: str, path, procedure: str, lang: str = "ja") -> tuple[str, str]:
-    """Upload ``path`` as the application of ``procedure``; returns ("outcome"|"error", its code)."""
+async def _submit(page, base: str, path, procedure: str, lang: str = "ja", shots=None) -> tuple[str, str]:
+    """Upload ``path`` as the application of ``procedure``; returns ("outcome"|"error", its code). With
+    ``shots``, a screenshot of the result screen named after it."""
     await page.goto(f"{base}/online" + ("/en" if lang == "en" else ""))
     await page.set_input_files("#application", str(path))
     await page.check(f"#procedure-{procedure}")
     await page.click("button[type=submit]")
     await page.wait_for_selector(".result")
     outcome = await page.get_attribute(".result", "data-outcome")
-    return ("outcome", outcome) if outcome else ("error", await page.get_attribute(".result", "data-error"))
+    result = ("outcome", outcome) if outcome else ("error", await page.get_attribute(".result", "data-error"))
+    if shots is not None:
+        await page.screenshot(path=str(shots / f"online-{result[1].replace('_', '-')}-{lang}.png"))
+    return result
 
 
 async def test_online_window_page(browser, public, http, terminal, keys, tmp_path):  # noqa: F811
@@ -35,15 +39,15 @@ async def test_online_window_page(browser, public, http, terminal, keys, tmp_pat
     assert await page.get_attribute("html", "lang") == "ja"
     assert await page.inner_text("label[for=application]") == "申請ファイル"  # every field has its label
 
+    shots = DOCS if os.environ.get("SHOMEI_SCREENSHOTS") else tmp_path
+    await page.screenshot(path=str(shots / "online-form-ja.png"))
     check = tmp_path / "check.p7m"
     check.write_bytes(holder.application("auth", "validity_check"))
-    assert await _submit(page, base, check, "validity_check") == ("outcome", "valid")
+    assert await _submit(page, base, check, "validity_check", shots=shots) == ("outcome", "valid")
     assert "電子証明書は有効です" in await page.inner_text(".result")
-    shots = DOCS if os.environ.get("SHOMEI_SCREENSHOTS") else tmp_path
-    await page.screenshot(path=str(shots / "online-valid.png"))
 
     # the same file again: a replay
-    assert await _submit(page, base, check, "validity_check") == ("error", "replayed")
+    assert await _submit(page, base, check, "validity_check", shots=shots) == ("error", "replayed")
     text = await page.inner_text(".result")
     assert "replay" in text.lower() or "再送" in text or "既に" in text, text
 
@@ -53,9 +57,9 @@ async def test_online_window_page(browser, public, http, terminal, keys, tmp_pat
         "revocation", holder.serial("auth"), APPLICANT)
     bad = tmp_path / "tampered.p7m"
     bad.write_bytes(tampered.dump(force=True))
-    assert await _submit(page, base, bad, "revocation", lang="en") == ("error", "application_signature_invalid")
+    assert await _submit(page, base, bad, "revocation", lang="en", shots=shots) == (
+        "error", "application_signature_invalid")
     assert await page.get_attribute("html", "lang") == "en"
-    await page.screenshot(path=str(shots / "online-error-en.png"))
 
     # an expired certificate: the window's clock thirty years on
     window = http.app[ENDPOINTS].online_window
@@ -65,7 +69,7 @@ async def test_online_window_page(browser, public, http, terminal, keys, tmp_pat
     try:
         old = tmp_path / "old.p7m"
         old.write_bytes(holder.application("auth", "validity_check", issued_at=later))
-        assert await _submit(page, base, old, "validity_check") == ("error", "certificate_expired")
+        assert await _submit(page, base, old, "validity_check", shots=shots) == ("error", "certificate_expired")
         assert "有効期限" in await page.inner_text(".result")
     finally:
         window.clock = saved
@@ -73,7 +77,7 @@ async def test_online_window_page(browser, public, http, terminal, keys, tmp_pat
     # and a real revocation: accepted
     revoke = tmp_path / "revoke.p7m"
     revoke.write_bytes(holder.application("auth", "revocation"))
-    assert await _submit(page, base, revoke, "revocation") == ("outcome", "accepted")
+    assert await _submit(page, base, revoke, "revocation", shots=shots) == ("outcome", "accepted")
     assert "失効申請を受け付けました" in await page.inner_text(".result")
 
 
