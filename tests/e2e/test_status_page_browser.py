@@ -40,3 +40,53 @@ async def test_status_page(browser, http, public, rt, terminal, keys, stack_dir,
     assert resp.status == 403 and (await resp.json())["error"]["code"] == "wrong_client_kind"
     resp = await public.get("/status")
     assert resp.status == 404
+
+
+async def test_status_page_shows_a_new_rollover(browser, pg, tmp_path):  # noqa: F811
+    """On a service of its own (a rollover changes the current CA): the page shows g1 current, then,
+    after `rollover`, g2 current and g1 previous."""
+    import secrets
+
+    from ca_core import config
+    from ca_core.clock import SystemClock
+    from hsm.software_signer import SoftwareSigner
+    from plumbing.auth import ClientCache
+    from plumbing.runtime import IssuerDirectory, Runtime
+    from plumbing.status_channel import StatusChannel
+    from shomei.credentials import ensure_tls_files
+    from shomei.operations import rollover, run_ceremony
+    from storage import db
+    from tests.services.test_rollover import own_database
+    from tests.tls_clients import TestServers
+
+    async with own_database(pg) as url:
+        pool = await db.create_pool(url, min_size=1, max_size=4)
+        cfg = config.load(env={}).replace(database_url=url, var_dir=str(tmp_path / "var"))
+        rt = Runtime(cfg=cfg, clock=SystemClock(), pool=pool, signer=SoftwareSigner(), directory=IssuerDirectory(pool),
+                     resident_key=secrets.token_bytes(32), clients=ClientCache(pool), status=StatusChannel(url, pool))
+        servers = None
+        try:
+            await run_ceremony(rt)
+            tls = await ensure_tls_files(rt)
+            ops = await make_credential(rt, tmp_path / "clients", kind="operations", operators=())
+            servers = await TestServers.start(rt, tls)
+            base = str(servers.private.make_url("")).rstrip("/")
+            context = await browser.new_context(
+                client_certificates=[{"origin": base, "certPath": str(ops.cert_file), "keyPath": str(ops.key_file)}],
+                ignore_https_errors=True)
+            page = await context.new_page()
+
+            async def status_of(generation: int) -> str:
+                row = page.locator(f'#generations tr[data-ca=signing][data-generation="{generation}"]')
+                return await row.locator("[data-status]").inner_text() if await row.count() else "absent"
+
+            await page.goto(f"{base}/status")
+            assert (await status_of(1), await status_of(2)) == ("current", "absent")
+            assert "generation 2 is now current" in await rollover(rt, "signing")
+            await page.reload()
+            assert (await status_of(1), await status_of(2)) == ("previous", "current")
+            await context.close()
+        finally:
+            if servers is not None:
+                await servers.close()
+            await pool.close()
