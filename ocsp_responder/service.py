@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ANSWERS = Counter("shomei_ocsp_responses_total", "OCSP answers by certificate status (or error status) and source",
                   ["status", "source"])
+MINUTES_KEPT = dt.timedelta(days=2)  # answers per minute kept for the status page
 MISS_LATENCY = Histogram("shomei_ocsp_miss_seconds", "Time to answer an OCSP request not in process memory",
                          ["source"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
 VERIFIER_ANSWERS = Counter("shomei_ocsp_verifier_answers_total",
@@ -93,6 +94,8 @@ class Responder:
         self.usage: dict[int, int] = {}
         self._verifier_labels: dict[str, object] = {}
         self._answers = {}
+        self.minutes: dict[int, list[int]] = {}  # UTC minute (epoch // 60) -> [answers, misses, errors]
+        self._minute, self._tally = -1, [0, 0, 0]
         self.verifier_mode = self.cfg.access == "verifier"
         self.max_get_chars = 4 * (self.cfg.max_request_bytes // 3 + 1)  # base64 of the largest request
         self.malformed = _error(ResponseStatus.malformed_request)
@@ -113,6 +116,16 @@ class Responder:
         if child is None:
             child = self._answers[(status, source)] = ANSWERS.labels(status, source)
         child.inc()
+        minute = int(time.time()) // 60
+        if minute != self._minute:
+            self._minute = minute
+            self._tally = self.minutes.setdefault(minute, [0, 0, 0])
+        tally = self._tally
+        tally[0] += 1
+        if not successful:
+            tally[2] += 1
+        elif source != "memory":
+            tally[1] += 1
         if verifier is not None and successful:
             self.usage[verifier.id] = self.usage.get(verifier.id, 0) + 1
             label = self._verifier_labels.get(verifier.name)
@@ -301,12 +314,15 @@ class Responder:
         return self.channel.pid if self.channel is not None else None
 
     async def flush(self, usage: bool = True) -> None:
-        """Write queued answers to the shared cache and (``usage``) verifiers' counts to the billing table."""
+        """Write queued answers to the shared cache and (``usage``) verifiers' counts to the billing table
+        and the answers per minute to the activity table."""
         rows, self._to_store = self._to_store, []
-        counts = {}
+        counts, minutes = {}, {}
         if usage:
             counts, self.usage = self.usage, {}
-        if not rows and not counts:
+            minutes, self.minutes = self.minutes, {}
+            self._minute = -1  # the next answer opens a fresh tally
+        if not rows and not counts and not minutes:
             return
         try:
             async with self.pool.acquire() as conn:
@@ -314,10 +330,18 @@ class Responder:
                     await store.store_responses(conn, rows)
                 if counts:
                     await store.add_usage(conn, self.clock.now().astimezone(JST).date(), counts)
+                if minutes:
+                    await store.add_minutes(conn, minutes)
         except Exception as exc:  # keep the counts for the next flush; cached rows are only an optimisation
             log.warning("OCSP flush failed: %s", type(exc).__name__)
             for cid, n in counts.items():
                 self.usage[cid] = self.usage.get(cid, 0) + n
+            for minute, (a, m, e) in minutes.items():
+                tally = self.minutes.setdefault(minute, [0, 0, 0])
+                tally[0] += a
+                tally[1] += m
+                tally[2] += e
+            self._minute = -1
 
     async def flusher(self) -> None:
         last = time.monotonic()
@@ -342,6 +366,7 @@ class Responder:
                         log.info("%s", line)
                     async with self.pool.acquire() as conn:
                         await store.purge_expired(conn, self.clock.now())
+                        await store.purge_minutes(conn, before=dt.datetime.now(dt.timezone.utc) - MINUTES_KEPT)
                 await self.directory.reload()
                 await self.load_responders()
             except asyncio.CancelledError:

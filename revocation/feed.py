@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import time
+import uuid
 from collections import Counter as Tally, defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -160,16 +161,24 @@ class FeedService:
                 eid = raw.get("event_id") if isinstance(raw, dict) and isinstance(raw.get("event_id"), str) else None
                 results[i] = {"event_id": eid, "outcome": "rejected", "reason": exc.reason}
         size = self.settings.feed_chunk_events
-        for start in range(0, len(parsed), size):
-            chunk = parsed[start:start + size]
-            try:
-                with unavailable_when_down(f"the database is unavailable; events before {chunk[0].event_id} "
-                                           "were applied, resend the batch"):
-                    for seq, result in (await self._apply_chunk(client, chunk, now)).items():
-                        results[seq] = result
-            except asyncpg.DeadlockDetectedError:
-                raise errors.Unavailable("concurrent changes; resend the batch (applied events are answered "
-                                         "duplicate)", code="concurrent_change", retry_after=1) from None
+        # A batch of several transactions is shown as backlog on the status page while it is applied.
+        batch = uuid.uuid4() if len(parsed) > size else None
+        try:
+            if batch is not None:
+                await self._progress(feed_events.batch_started, batch, client.id, len(parsed), now)
+            for start in range(0, len(parsed), size):
+                chunk = parsed[start:start + size]
+                try:
+                    with unavailable_when_down(f"the database is unavailable; events before {chunk[0].event_id} "
+                                               "were applied, resend the batch"):
+                        for seq, result in (await self._apply_chunk(client, chunk, now, batch)).items():
+                            results[seq] = result
+                except asyncpg.DeadlockDetectedError:
+                    raise errors.Unavailable("concurrent changes; resend the batch (applied events are answered "
+                                             "duplicate)", code="concurrent_change", retry_after=1) from None
+        finally:
+            if batch is not None:
+                await self._progress(feed_events.batch_done, batch)
         if any(r and r.get("revoked") for r in results):
             await self.status_sync()
         summary = Tally(r["outcome"] for r in results)
@@ -178,7 +187,15 @@ class FeedService:
         FEED_BATCH.observe(time.perf_counter() - started)
         return {"results": results, "summary": {k: summary.get(k, 0) for k in OUTCOMES}}
 
-    async def _apply_chunk(self, client, chunk: list[FeedEvent], now: dt.datetime) -> dict[int, dict]:
+    async def _progress(self, write, *args) -> None:
+        """Record a batch's progress; best effort (the backlog is shown, never relied on)."""
+        try:
+            async with self.pool.acquire() as conn:
+                await write(conn, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("feed progress not recorded: %s", type(exc).__name__)
+
+    async def _apply_chunk(self, client, chunk: list[FeedEvent], now: dt.datetime, batch=None) -> dict[int, dict]:
         """One transaction: claim the chunk's event ids, apply the new events, answer the repeats."""
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -202,6 +219,8 @@ class FeedService:
                 counts = Tally(r["outcome"] for r in out.values())
                 await audit.record(conn, action="feed_chunk", client_id=client.id,
                                    details={"events": len(chunk), "revoked": revoked, **counts})
+                if batch is not None:
+                    await feed_events.batch_progress(conn, batch, len(chunk), self.clock.now())
         return out
 
     async def _apply_new(self, conn, client, new: list[FeedEvent], now: dt.datetime) -> tuple[dict[int, dict], int]:

@@ -1,6 +1,8 @@
 """The operators' status page (private listener, clients of kind `operations`): CA generations and their
 expiry, CRL publication per scope (last number, age, next due, failures), revocations and holds of the
-last 24 hours by reason with an hourly chart (server-rendered SVG), the token, the workers."""
+last 24 hours by reason with an hourly chart, OCSP answers and misses per minute over the last hour with a
+chart (server-rendered SVG), the feed's backlog, the token, the workers. Everything shown is read from
+PostgreSQL, so any process on any host shows the same page."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,22 +13,28 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ca_core.clock import JST
 from ca_core.errors import ShomeiError
 from crl_publisher.publisher import Target
-from storage import cas, crls, revocations
+from storage import cas, crls, feed_events, revocations
+from storage import ocsp as ocsp_store
 
 _ENV = Environment(loader=PackageLoader("shomei", "templates"), autoescape=select_autoescape(["html"]),
                    trim_blocks=True, lstrip_blocks=True)
+FEED_STALLED = dt.timedelta(minutes=10)  # a feed batch not advanced for this long was cut off
 REASONS = {0: "unspecified", 1: "keyCompromise", 3: "affiliationChanged", 4: "superseded",
            5: "cessationOfOperation", 6: "certificateHold", 9: "privilegeWithdrawn"}
 
 
-def _chart(hours: list[tuple[dt.datetime, int]], width: int = 720, height: int = 140) -> dict:
-    """Bars of an hourly series as SVG geometry (no script, no library)."""
-    top = max((n for _h, n in hours), default=0) or 1
-    step = width / max(len(hours), 1)
-    bars = [{"x": round(i * step + 1, 1), "w": round(step - 2, 1), "h": round((height - 20) * n / top, 1),
-             "y": round(height - 20 - (height - 20) * n / top, 1), "n": n, "label": f"{h.astimezone(JST):%H}"}
-            for i, (h, n) in enumerate(hours)]
-    return {"width": width, "height": height, "bars": bars, "top": top}
+def _chart(labels: list[str], series: list[list[int]], width: int = 720, height: int = 140,
+           ticks: list[bool] | None = None) -> dict:
+    """Bars of one or more series over the same slots as SVG geometry (no script, no library); later
+    series are drawn over the earlier ones, so a part (misses) shows inside its whole (answers)."""
+    top = max((n for values in series for n in values), default=0) or 1
+    step = width / max(len(labels), 1)
+    scale = (height - 20) / top
+    bars = [[{"x": round(i * step + 1, 1), "w": round(max(step - 2, 1), 1), "h": round(scale * n, 1),
+              "y": round(height - 20 - scale * n, 1), "n": n, "label": label}
+             for i, (label, n) in enumerate(zip(labels, values))] for values in series]
+    marks = [{"x": round(i * step + 1, 1), "label": label} for i, label in enumerate(labels) if ticks is None or ticks[i]]
+    return {"width": width, "height": height, "series": bars, "ticks": marks, "top": top}
 
 
 async def page(request: web.Request, rt, plans, workers) -> web.Response:
@@ -39,6 +47,10 @@ async def page(request: web.Request, rt, plans, workers) -> web.Response:
         latest = {r.issuer.db_id: await crls.latest_by_scope(conn, r.issuer.db_id) for r in records}
         failing = {f.path: f for f in await crls.failures(conn)}
         recent = await revocations.recent_by_hour(conn, since)
+        # OCSP counts are kept by the wall clock of the answering processes.
+        wall = dt.datetime.now(dt.timezone.utc)
+        per_minute = await ocsp_store.minutes(conn, wall - dt.timedelta(minutes=61))
+        feed = await feed_events.backlog(conn, now, FEED_STALLED)
     try:
         await rt.signer.ping()
         token = "ok"
@@ -69,8 +81,20 @@ async def page(request: web.Request, rt, plans, workers) -> web.Response:
         by_reason[REASONS.get(reason, str(reason))] = by_reason.get(REASONS.get(reason, str(reason)), 0) + n
         per_hour[hour] = per_hour.get(hour, 0) + n
     start = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=23)
-    hours = [(start + dt.timedelta(hours=k), per_hour.get(start + dt.timedelta(hours=k), 0)) for k in range(24)]
+    hours = [start + dt.timedelta(hours=k) for k in range(24)]
+    revocation_chart = _chart([f"{h.astimezone(JST):%H}" for h in hours], [[per_hour.get(h, 0) for h in hours]])
+    first = wall.replace(second=0, microsecond=0) - dt.timedelta(minutes=59)
+    slots = [first + dt.timedelta(minutes=k) for k in range(60)]
+    zero = (0, 0, 0)
+    ocsp_chart = _chart([f"{m.astimezone(JST):%H:%M}" for m in slots],
+                        [[per_minute.get(m, zero)[0] for m in slots], [per_minute.get(m, zero)[1] for m in slots]],
+                        ticks=[m.minute % 10 == 0 for m in slots])
+    last = per_minute.get(slots[-2], zero)  # the last whole minute
     body = _ENV.get_template("status.html").render(
         now=f"{now.astimezone(JST):%Y-%m-%d %H:%M:%S}", generations=generations, crls=crl_rows, token=token,
-        workers=workers, by_reason=sorted(by_reason.items()), total=sum(by_reason.values()), chart=_chart(hours))
+        workers=workers, by_reason=sorted(by_reason.items()), total=sum(by_reason.values()), chart=revocation_chart,
+        ocsp_chart=ocsp_chart, ocsp_last={"answers": last[0], "misses": last[1], "errors": last[2]},
+        ocsp_hour={k: sum(per_minute.get(m, zero)[i] for m in slots) for i, k in enumerate(("answers", "misses", "errors"))},
+        feed=feed, feed_last=f"{feed.last_applied_at.astimezone(JST):%Y-%m-%d %H:%M:%S}" if feed.last_applied_at else "never",
+        feed_outcomes=sorted(feed.last_day.items()))
     return web.Response(text=body, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})

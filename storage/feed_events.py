@@ -75,3 +75,39 @@ async def count_applied(conn, event_ids) -> dict[str, int]:
     rows = await conn.fetch("SELECT source_ref, count(*) AS n FROM revocation WHERE source = 'feed'"
                             " AND source_ref = ANY($1::text[]) GROUP BY source_ref", list(event_ids))
     return {r["source_ref"]: r["n"] for r in rows}
+
+
+# -- batches in progress (the backlog the status page shows) ----------------------------------------
+async def batch_started(conn, batch_id, client_id: int, events: int, now: dt.datetime) -> None:
+    await conn.execute("DELETE FROM feed_batch WHERE updated_at < $1", now - dt.timedelta(days=1))
+    await conn.execute("INSERT INTO feed_batch (id, client_id, events, started_at, updated_at)"
+                       " VALUES ($1, $2, $3, $4, $4)", batch_id, client_id, events, now)
+
+
+async def batch_progress(conn, batch_id, applied: int, now: dt.datetime) -> None:
+    await conn.execute("UPDATE feed_batch SET applied = applied + $2, updated_at = $3 WHERE id = $1",
+                       batch_id, applied, now)
+
+
+async def batch_done(conn, batch_id) -> None:
+    await conn.execute("DELETE FROM feed_batch WHERE id = $1", batch_id)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    batches: int  # batches being applied
+    waiting: int  # their events not applied yet
+    stalled: int  # batches not advanced for ``stalled_after`` (cut off; the sender resends them)
+    last_applied_at: dt.datetime | None  # the newest event recorded
+    last_day: dict[str, int]  # events recorded in the last 24 hours by outcome
+
+
+async def backlog(conn, now: dt.datetime, stalled_after: dt.timedelta) -> Backlog:
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE updated_at >= $1) AS batches,"
+        " coalesce(sum(events - applied) FILTER (WHERE updated_at >= $1), 0) AS waiting,"
+        " count(*) FILTER (WHERE updated_at < $1) AS stalled FROM feed_batch", now - stalled_after)
+    last = await conn.fetchval("SELECT max(applied_at) FROM feed_event")
+    day = await conn.fetch("SELECT outcome, count(*) AS n FROM feed_event WHERE applied_at >= $1 GROUP BY 1",
+                           now - dt.timedelta(hours=24))
+    return Backlog(row["batches"], row["waiting"], row["stalled"], last, {r["outcome"]: r["n"] for r in day})

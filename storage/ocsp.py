@@ -85,6 +85,28 @@ async def add_usage(conn, day: dt.date, counts: dict[int, int]) -> None:
         day, ids, [counts[i] for i in ids])
 
 
+async def add_minutes(conn, minutes: dict[int, list[int]]) -> None:
+    """Add answer counts per UTC minute (epoch minute -> [answers, misses, errors]) to ocsp_minute."""
+    keys = sorted(minutes)  # one lock order for every process
+    await conn.execute(
+        "INSERT INTO ocsp_minute (minute, answers, misses, errors)"
+        " SELECT to_timestamp(u.m * 60), u.a, u.s, u.e"
+        " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(m, a, s, e)"
+        " ON CONFLICT (minute) DO UPDATE SET answers = ocsp_minute.answers + EXCLUDED.answers,"
+        " misses = ocsp_minute.misses + EXCLUDED.misses, errors = ocsp_minute.errors + EXCLUDED.errors",
+        keys, [minutes[k][0] for k in keys], [minutes[k][1] for k in keys], [minutes[k][2] for k in keys])
+
+
+async def minutes(conn, since: dt.datetime) -> dict[dt.datetime, tuple[int, int, int]]:
+    """(answers, misses, errors) per minute since ``since``."""
+    rows = await conn.fetch("SELECT minute, answers, misses, errors FROM ocsp_minute WHERE minute >= $1", since)
+    return {r["minute"]: (r["answers"], r["misses"], r["errors"]) for r in rows}
+
+
+async def purge_minutes(conn, before: dt.datetime) -> None:
+    await conn.execute("DELETE FROM ocsp_minute WHERE minute < $1", before)
+
+
 async def usage(conn, client_id: int, day: dt.date | None = None) -> int:
     """Answers counted for a verifier (on one day, or in total)."""
     if day is None:

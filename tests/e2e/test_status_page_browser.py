@@ -1,6 +1,6 @@
 """The operators' status page in a real browser (headless Chromium with an operations client
 certificate, on the private listener): CA generations with their expiry, CRL publication, the last
-24 hours of revocations with an hourly chart, the token. Other client kinds get 403; the public
+24 hours of revocations with an hourly chart, OCSP answers per minute, the feed's backlog, the token. Other client kinds get 403; the public
 listener does not serve it."""
 from __future__ import annotations
 
@@ -16,6 +16,15 @@ async def test_status_page(browser, http, public, rt, terminal, keys, stack_dir,
     holder = await new_holder(http, terminal, keys)
     st, body = await post(http, "/v1/holds", terminal, {"request_id": rid(), "serial": holder.hex("auth")})
     assert st == 201, body
+    # OCSP traffic on the public listener: the first answer is a miss, the repeats come from memory.
+    from cryptography import x509
+
+    from tests.ocsp_helpers import get_path, request_der
+    ca = x509.load_der_x509_certificate(rt.issuers.current("signing").certificate_der)
+    der = request_der(holder.certs["signing"], ca)
+    for _ in range(5):
+        async with public.get(get_path(der)) as resp:
+            assert resp.status == 200
     base = str(http.make_url("")).rstrip("/")
     context = await browser.new_context(
         client_certificates=[{"origin": base, "certPath": str(ops.cert_file), "keyPath": str(ops.key_file)}],
@@ -31,9 +40,21 @@ async def test_status_page(browser, http, public, rt, terminal, keys, stack_dir,
     assert await row.locator("[data-status]").inner_text() == "current"
     assert int(await page.inner_text("[data-total]")) >= 1  # the hold above, at least
     assert "certificateHold" in await page.inner_text("#reasons")
-    assert await page.locator("svg rect").count() == 24
+    assert await page.locator("#revocations-chart rect").count() == 24
+    # The answers reach the page within a flush (every few seconds), counted in the per-minute chart.
+    for _ in range(40):
+        answers = int(await page.inner_text("[data-ocsp-hour-answers]"))
+        if answers >= 5:
+            break
+        await page.wait_for_timeout(500)
+        await page.reload()
+    assert answers >= 5 and int(await page.inner_text("[data-ocsp-hour-misses]")) >= 1
+    assert await page.locator("#ocsp-chart .series-1 rect").count() == 60
+    assert sum([int(n) for n in await page.locator("#ocsp-chart .series-1 rect").evaluate_all(
+        "rs => rs.map(r => r.dataset.n)")]) == answers
+    assert await page.inner_text("[data-feed-waiting]") == "0"
     shots = DOCS if os.environ.get("SHOMEI_SCREENSHOTS") else tmp_path
-    await page.screenshot(path=str(shots / "status.png"))
+    await page.screenshot(path=str(shots / "status.png"), full_page=True)
     await context.close()
     # other kinds and the public listener
     resp = await http.get("/status", ssl=terminal.ssl)

@@ -192,3 +192,45 @@ async def test_counts_are_flushed_on_clean_shutdown(rt, one):
     await client.close()  # runs the cleanup context: final flush
     async with rt.pool.acquire() as conn:
         assert await ocsp_store.usage(conn, verifier.id) == 4
+
+
+async def test_answers_and_misses_per_minute(rt, one):
+    """Each process counts its answers per minute (all, misses, errors) and adds them to ocsp_minute at
+    its flush, where the operators' status page reads them."""
+    import datetime as dt
+    import time
+
+    from shomei.app import make_app
+
+    cert, issuer, ca_der = one
+    der = request_der(cert, issuer)
+    cfg = rt.cfg.replace(ocsp=rt.cfg.ocsp.replace(usage_flush_seconds=3600))
+    client = TestClient(TestServer(make_app(dataclasses.replace(rt, cfg=cfg))))
+    await client.start_server()
+    try:
+        svc = client.server.app[SERVICE]
+        minute = int(time.time()) // 60
+        for _ in range(3):  # a miss (read or signed), then memory
+            resp = await client.get(get_path(der))
+            assert check_response(await resp.read(), ca_der).certificate_status == ocsp.OCSPCertStatus.GOOD
+        resp = await client.post("/ocsp", data=b"\x30\x03\x02\x01", headers={"Content-Type": "application/ocsp-request"})
+        assert status_of(await resp.read()) == "malformed_request"
+        if int(time.time()) // 60 == minute:  # the four answers fell in one minute (else skip the exact check)
+            assert svc.minutes == {minute: [4, 1, 1]}
+        assert [sum(v[i] for v in svc.minutes.values()) for i in range(3)] == [4, 1, 1]
+    finally:
+        await client.close()  # a clean shutdown flushes
+    assert svc.minutes == {}
+    # The table adds what every process brings (a minute long past, ours alone).
+    past = int(dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc).timestamp()) // 60
+    async with rt.pool.acquire() as conn:
+        await ocsp_store.purge_minutes(conn, before=dt.datetime(2001, 1, 2, tzinfo=dt.timezone.utc))
+        await ocsp_store.add_minutes(conn, {past: [7, 2, 1]})
+        await ocsp_store.add_minutes(conn, {past: [3, 1, 0], past + 1: [1, 0, 0]})
+        got = await ocsp_store.minutes(conn, dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc))
+        assert {k: v for k, v in got.items() if k.year == 2001} == {
+            dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc): (10, 3, 1),
+            dt.datetime(2001, 1, 1, 0, 1, tzinfo=dt.timezone.utc): (1, 0, 0)}
+        await ocsp_store.purge_minutes(conn, before=dt.datetime(2001, 1, 2, tzinfo=dt.timezone.utc))
+        assert not [k for k in await ocsp_store.minutes(conn, dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc))
+                    if k.year == 2001]

@@ -100,3 +100,46 @@ async def test_died_revokes_both_and_an_unknown_resident_has_no_certificate(feed
     for kind in ("signing", "auth"):
         assert await status(parts, holder.serial(kind)) == "revoked"
         assert [r["reason"] for r in await revocation_rows(parts, holder.serial(kind))] == [5]
+
+
+async def test_a_batch_of_several_chunks_is_backlog_until_applied(parts, clock, holder):
+    """While a batch of several transactions waits (here: status changes held by an operator), the
+    status page's backlog shows it with its events; once applied, nothing waits and the events count."""
+    import asyncio
+    import uuid
+
+    from revocation.feed import FeedService
+    from storage import feed_events, revocations
+
+    settings = parts.cfg.revocation.replace(feed_chunk_events=2)
+    feed = FeedService(pool=parts.pool, clock=clock, resident_key=parts.resident_key, settings=settings)
+    events = [event(holder.code, "moved", clock)] + [event(f"{n:011d}", "died", clock) for n in range(4)]
+    stalled = dt.timedelta(minutes=10)
+    async with parts.pool.acquire() as lock:
+        await revocations.hold_status_changes(lock)
+        task = asyncio.create_task(feed.apply(parts.feed, events))
+        try:
+            for _ in range(200):
+                async with parts.pool.acquire() as conn:
+                    seen = await feed_events.backlog(conn, clock.now(), stalled)
+                if seen.batches:
+                    break
+                await asyncio.sleep(0.02)
+            assert (seen.batches, seen.waiting, seen.stalled) == (1, 5, 0)
+        finally:
+            await revocations.allow_status_changes(lock)
+    answer = await task
+    assert answer["summary"]["applied"] == 1 and answer["summary"]["no_certificate"] == 4
+    async with parts.pool.acquire() as conn:
+        after = await feed_events.backlog(conn, clock.now(), stalled)
+    assert (after.batches, after.waiting, after.stalled) == (0, 0, 0)
+    assert after.last_applied_at == clock.now()
+    assert after.last_day.get("applied", 0) >= 1 and after.last_day.get("no_certificate", 0) >= 4
+    # A batch cut off (its row left behind, not advanced) shows as stalled once its time has passed.
+    async with parts.pool.acquire() as conn:
+        cut = uuid.uuid4()
+        await feed_events.batch_started(conn, cut, parts.feed.id, 7, clock.now())
+        assert (await feed_events.backlog(conn, clock.now(), stalled)).waiting == 7
+        late = await feed_events.backlog(conn, clock.now() + stalled + dt.timedelta(seconds=1), stalled)
+        assert (late.batches, late.waiting, late.stalled) == (0, 0, 1)
+        await feed_events.batch_done(conn, cut)
