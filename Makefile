@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak sysdeps testdeps screenshots venv bench clean-var
+.PHONY: run test soak sysdeps testdeps screenshots venv bench charts clean-var
 
 run: sysdeps $(STAMP)
 	$(BIN)/shomei serve
@@ -23,7 +23,8 @@ soak: sysdeps testdeps $(STAMP)
 	SHOMEI_MODEL_SOAK=1 $(BIN)/python -m pytest -q --timeout=0 tests/model
 	SHOMEI_CRASH_TRIALS=100 $(BIN)/python -m pytest -q -s --timeout=0 tests/e2e/test_crash_campaign.py
 
-# The benchmarks of README.md, one after the other (about 30 minutes; wrk drives the OCSP ones).
+# The benchmarks of README.md, one after the other (about 30 minutes; wrk drives the OCSP ones); the
+# issuance, OCSP and CRL ones leave their figures in benchmarks/results/*.json, drawn into docs/charts/.
 bench: sysdeps $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
@@ -33,6 +34,11 @@ bench: sysdeps $(STAMP)
 	$(BIN)/python -m benchmarks.bench_staleness
 	$(BIN)/python -m benchmarks.bench_crl --sizes 1000000,10000000
 	$(BIN)/python -m benchmarks.bench_audit_verify
+	$(BIN)/python -m benchmarks.charts
+
+# Redraw docs/charts/*.svg from the last figures in benchmarks/results/ (no benchmark is run).
+charts: $(STAMP)
+	$(BIN)/python -m benchmarks.charts
 
 # Debian packages: PostgreSQL server, SoftHSMv2, OpenSSL CLI and the venv module.
 sysdeps:

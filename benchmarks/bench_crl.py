@@ -305,6 +305,8 @@ def main() -> None:
     ap.add_argument("--skip-openssl-above", type=int, default=1_000_000)
     ap.add_argument("--skip-cryptography-above", type=int, default=1_000_000)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--json", metavar="FILE",
+                    help="also write the figures there (default: benchmarks/results/crl.json)")
     args = ap.parse_args()
     if args.child:
         what, *rest = args.child
@@ -378,6 +380,10 @@ def main() -> None:
     print(f"|{'-' * 46}|{'-' * 12}|{'-' * 11}|{'-' * 10}|{'-' * 10}|{'-' * 8}|")
     for line in lines:
         print(line)
+    from benchmarks.charts import table_rows, write_results
+    keys = ("contender", "entries", "seconds", "vs_shomei", "peak_mb", "mem_vs_shomei")  # the printed rows
+    write_results(args.json, "crl", delta_changes=args.delta_changes, full=table_rows(lines[:-4], keys),
+                  delta=table_rows(lines[-4:], keys))
 
 
 async def _db(stack: Stack, fn):

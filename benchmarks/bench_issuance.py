@@ -196,6 +196,8 @@ def main() -> None:
     ap.add_argument("--compare-plain", action="store_true",
                     help="also run the private listener in plain HTTP behind a TLS-terminating proxy's header "
                          "(server.private_tls = false): the cost of TLS, same run")
+    ap.add_argument("--json", metavar="FILE",
+                    help="also write the figures there (default: benchmarks/results/issuance.json)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -251,6 +253,13 @@ def main() -> None:
     print(f"| pyca/cryptography CertificateBuilder, 1 process, key in memory | {pyca:.0f} | shomei best / pyca = {best / pyca:.2f} |")
     print(f"| (machine speed now) `openssl speed rsa2048`, 1 core | {speed:.0f} signatures/s | |")
     print(f"\nserver peak RSS (master + {args.workers} workers): {peak_rss:.0f} MB")
+    from benchmarks.charts import write_results
+    keys = ("concurrency", "certs_per_s", "p50_ms", "p99_ms", "errors")
+    write_results(args.json, "issuance", workers=args.workers, requests=args.requests,
+                  mtls=[dict(zip(keys, r)) for r in rows], plain=[dict(zip(keys, r)) for r in plain_rows],
+                  baselines={"token_1_process_per_s": tok1, "token_per_s": tokn, "openssl_x509_per_s": ossl,
+                             "cryptography_per_s": pyca, "openssl_speed_rsa2048_per_s": speed},
+                  server_peak_rss_mb=peak_rss)
 
 
 if __name__ == "__main__":

@@ -269,6 +269,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--openssl-multi", type=int, default=2, help="openssl ocsp -multi (processes)")
+    ap.add_argument("--json", metavar="FILE",
+                    help="also write the figures there (default: benchmarks/results/ocsp.json)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed (Debian: apt-get install wrk)")
@@ -375,6 +377,13 @@ def main() -> None:
     print(f"same client (1 connection/request, fresh signature each): shomei {like_best:.0f}/s vs openssl ocsp "
           f"{openssl_best:.0f}/s = {like_best / openssl_best:.2f}x")
     print(f"peak RSS: shomei workers {shomei_mem:.0f} MB, openssl ocsp {openssl_mem:.0f} MB")
+    from benchmarks.charts import write_results
+    write_results(args.json, "ocsp", workers=args.workers, seconds=args.seconds, certs=args.certs,
+                  token_per_s=sign_rate, token_processes=args.workers,
+                  rows=[{"responder": name, "concurrency": c, "answers_per_s": r["rate"], "p50_ms": r["p50"],
+                         "p99_ms": r["p99"], "non2xx": r["non2xx"], "socket_errors": r["errors"]}
+                        for name, c, r in rows],
+                  peak_rss_mb={"shomei_workers": shomei_mem, "openssl_ocsp": openssl_mem})
 
 
 if __name__ == "__main__":

@@ -209,3 +209,67 @@ def read_info(read_at) -> CRLInfo:
         return CRLInfo(this_update, next_update, number, base)
     except (IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"not a DER CRL: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SignedLayout:
+    """Where the signed part of a DER CRL lies, and its signature: what a host checks before serving a
+    copy it did not make."""
+
+    tbs_start: int
+    tbs_end: int
+    algorithm: bytes  # signatureAlgorithm, DER
+    signature: bytes  # signatureValue's octets
+
+
+def signed_layout(read_at, size: int) -> SignedLayout:
+    """The TBSCertList's byte range and the signature of a DER CRL of ``size`` octets, read through
+    ``read_at(offset, size)`` without touching the entries. Raises ValueError for anything that is
+    not exactly one CertificateList of that size."""
+    try:
+        head = read_at(0, 16)
+        _t, pos, outer_end = _tlv(head, 0)
+        if head[0] != _SEQUENCE or outer_end != size:
+            raise ValueError("the outer SEQUENCE does not span the file")
+        tag, tbs_content, tbs_end = _tlv(head, pos)
+        if tag != _SEQUENCE:
+            raise ValueError("no TBSCertList")
+        rest = read_at(tbs_end, size - tbs_end)
+        if len(rest) != size - tbs_end or len(rest) > 4096:
+            raise ValueError("unexpected data after the TBSCertList")
+        tag, start, alg_end = _tlv(rest, 0)
+        if tag != _SEQUENCE:
+            raise ValueError("bad signatureAlgorithm")
+        tag, start, end = _tlv(rest, alg_end)
+        if tag != 0x03 or end != len(rest) or rest[start] != 0:
+            raise ValueError("bad signatureValue")
+        return SignedLayout(pos, tbs_end, bytes(rest[:alg_end]), bytes(rest[start + 1:end]))
+    except (IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a DER CRL: {exc}") from None
+
+
+def verify_digest(issuer: Issuer, layout: SignedLayout, digest: bytes) -> None:
+    """Check that ``layout``'s signature is the issuer's over the TBSCertList whose SHA-256 is
+    ``digest``; raises ValueError otherwise."""
+    from cryptography import exceptions
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+
+    if layout.algorithm != issuer.algorithm.identifier_der:  # exactly the CA's (and the TBSCertList's)
+        raise ValueError(f"the signatureAlgorithm is not the CA's ({issuer.algorithm.oid_name})")
+    key = _public_key(issuer.certificate_der)
+    prehashed = utils.Prehashed(hashes.SHA256())
+    try:
+        if issuer.algorithm.is_rsa:
+            key.verify(layout.signature, digest, padding.PKCS1v15(), prehashed)
+        else:
+            key.verify(layout.signature, digest, ec.ECDSA(prehashed))
+    except exceptions.InvalidSignature:
+        raise ValueError("the signature does not verify with the CA's key") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(certificate_der: bytes):
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(certificate_der).public_key()

@@ -1,7 +1,8 @@
 """Serving the published CRLs, and the publishing schedule inside `shomei serve`.
 
-CRLs are served from the published files (the output folder; share it between hosts that serve),
-never from the database: a full CRL can be hundreds of MB and is streamed from disk. Each answer is
+Each host serves its own copy of the newest published CRL of a path (crl_publisher.copies: the bytes are
+kept in PostgreSQL and copied to the host's folder when it is behind, checked against the CA's
+signature); a full CRL can be hundreds of MB and is streamed from disk. Each answer is
 DER (application/pkix-crl) with an ETag and Last-Modified (thisUpdate), Cache-Control up to
 nextUpdate, and 304 on a matching If-None-Match or If-Modified-Since.
 
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ca_core import crl as crl_core
-from ca_core.errors import NotFound
+from ca_core.errors import NotFound, Unavailable
 from ca_core.kinds import KINDS
 from plumbing.tasks import run_in_background
 from storage import crls
+from storage.db import DATABASE_DOWN
 
+from .copies import Copies, CopyRefused
 from .publisher import Publisher, Target
 
 log = logging.getLogger(__name__)
@@ -84,21 +87,30 @@ async def _publish_new_partition(publisher: Publisher, ca: str, name: str) -> No
 
 
 async def get_crl(request: web.Request) -> web.StreamResponse:
-    """A published CRL, streamed from its file by aiohttp's FileResponse (ETag, Last-Modified, 304,
-    Range, HEAD), with Cache-Control and Expires up to its nextUpdate."""
+    """A published CRL, streamed from this host's copy by aiohttp's FileResponse (ETag, Last-Modified,
+    304, Range, HEAD), with Cache-Control and Expires up to its nextUpdate."""
     svc = request.app[SERVICE]
     ca, name = request.match_info["ca"], request.match_info["name"]
     rel = _resolve(svc.publisher.issuers.issuers, ca, name, request.match_info.get("gen"))
-    path = svc.publisher.out / rel
+    try:
+        path = await svc.copies.current(rel)
+        if path is None and request.match_info.get("gen") is None:
+            await _publish_new_partition(svc.publisher, ca, name)
+            path = await svc.copies.current(rel, fresh=True)
+    except DATABASE_DOWN as exc:  # serve what this host has; a CRL stays valid until its nextUpdate
+        log.warning("CRL %s served from this host's copy: database unavailable (%s)", rel, type(exc).__name__)
+        path = svc.publisher.out / rel
+        if not path.exists():
+            raise Unavailable(f"CRL {rel} is not on this host and the database is unavailable",
+                              code="database_unavailable") from None
+    except CopyRefused:
+        raise Unavailable(f"CRL {rel} could not be copied to this host; try again", code="crl_unavailable") from None
+    if path is None:
+        raise NotFound(f"CRL {rel} has not been published", code="crl_not_published")
     try:
         st = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        if request.match_info.get("gen") is None:
-            await _publish_new_partition(svc.publisher, ca, name)
-        try:
-            st = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"CRL {rel} has not been published", code="crl_not_published") from None
+        raise NotFound(f"CRL {rel} has not been published", code="crl_not_published") from None
     info = _info(path, (rel, st.st_ino, st.st_mtime_ns, st.st_size))
     max_age = max(0, int((info.next_update - svc.publisher.clock.now()).total_seconds())) if info.next_update else 0
     headers = {"Cache-Control": f"public, max-age={max_age}, no-transform", "Content-Type": "application/pkix-crl"}
@@ -125,13 +137,15 @@ async def _scheduler(publisher: Publisher):
 @dataclass(frozen=True)
 class CRLEndpoints:
     publisher: Publisher
+    copies: Copies
 
 
 SERVICE = web.AppKey("crl", CRLEndpoints)
 
 
 def setup(app, rt) -> None:
-    svc = app[SERVICE] = CRLEndpoints(Publisher.from_runtime(rt))
+    publisher = Publisher.from_runtime(rt)
+    svc = app[SERVICE] = CRLEndpoints(publisher, Copies(pool=rt.pool, out=publisher.out, issuers=rt.directory))
     app.router.add_get("/crl/{ca}/{name}", get_crl)
     app.router.add_get("/crl/{ca}/{gen}/{name}", get_crl)
     # The schedule runs in every worker of `shomei serve` (the leases make one of them publish each CRL,

@@ -10,10 +10,11 @@ across processes and machines):
    are read (they fix the DER header), and the stored entry DER is streamed in serial order, pages
    concatenated by the server, hashed and written to a temporary file by a worker thread while the
    next page is fetched;
-4. the token signs the digest only; the signature is appended, the file synced, the previous issue
-   kept as ``<name>.prev``, and the new file renamed into place (a crash before the rename leaves the
-   last good CRL served);
-5. the CRL is recorded with its snapshot, which defines what its deltas contain.
+4. the token signs the digest only; the signature is appended and the file synced;
+5. the pages went into crl_content as they streamed, in a transaction of their own; the head and tail
+   parts and the CRL's row (with its snapshot, which defines what its deltas contain) join it, and its
+   commit is the publication, seen by every host at once (crl_publisher.copies); then this host's
+   file is replaced by rename, the previous issue kept as ``<name>.prev``.
 
 Files: ``{output}/{ca}/g{gen}-p{n}.crl`` and ``-delta.crl`` (the names certificates carry), and
 ``{output}/{ca}/g{gen}/full.crl`` and ``delta.crl``; /crl/{ca}/full.crl and delta.crl serve the
@@ -46,6 +47,8 @@ from ca_core.revocation import Reason, encode_entry
 from hsm.signer import Signer
 from plumbing.status_channel import StatusSync, no_sync
 from storage import cas, crls, revocations
+
+from .files import install, set_stamp
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +134,9 @@ class _Writer:
     is then hashed by reading the file back (page cache), the token signs the digest, and the
     signature and headers are written in place. Memory: the pages in flight only."""
 
-    def __init__(self, final: Path, spec: crl_core.CRLSpec, size_hint: int):
+    def __init__(self, final: Path, spec: crl_core.CRLSpec, size_hint: int, upload: "_Upload | None" = None):
         self.final = final
+        self.upload = upload
         self.spec = spec
         self.tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         self.max_suffix = crl_core.max_suffix_length(spec.algorithm)
@@ -164,6 +168,8 @@ class _Writer:
         self.size += len(data)
         self.count += count
         self._pending = asyncio.get_running_loop().run_in_executor(self._ex, self._pwrite_all, data, offset)
+        if self.upload is not None:
+            await self.upload.add(data)
 
     async def finish_tbs(self) -> bytes:
         """Write the headers and the extensions, and return the digest of the TBSCertList."""
@@ -215,13 +221,20 @@ class _Writer:
 
     async def finish(self, signature: bytes, keep_previous: bool = True) -> int:
         """Append the signature, sync, keep the previous issue and rename into place; returns the size."""
-        return await asyncio.get_running_loop().run_in_executor(self._ex, self._finish, signature, keep_previous)
+        size = await self.seal(signature)
+        await self.install(keep_previous)
+        return size
 
-    def _finish(self, signature: bytes, keep_previous: bool) -> int:
+    async def seal(self, signature: bytes) -> int:
+        """Append the signature and sync the temporary file; returns the size (nothing is replaced yet)."""
+        return await asyncio.get_running_loop().run_in_executor(self._ex, self._seal, signature)
+
+    def _seal(self, signature: bytes) -> int:
         suffix = crl_core.signed_suffix(self.spec.algorithm, signature)
         prefix = crl_core.signed_prefix(self.tbs_len, len(suffix))
         end = self.tbs_at + self.tbs_len
         self._pwrite_all(suffix, end)
+        shift = 0
         if len(prefix) != self.tbs_at:  # a short ECDSA signature changed the length octets (rare)
             shift = self.tbs_at - len(prefix)
             offset = self.tbs_at
@@ -231,14 +244,23 @@ class _Writer:
                 offset += len(chunk)
             os.ftruncate(self._fd, end + len(suffix) - shift)
         self._pwrite_all(prefix, 0)
-        total = len(prefix) + self.tbs_len + len(suffix)
+        self.total = len(prefix) + self.tbs_len + len(suffix)
+        # What comes before the entries and after them, for the database's copy (the entries went as pages).
+        entries_at = self.entries_at - shift
+        self.head = os.pread(self._fd, entries_at, 0)
+        self.tail = os.pread(self._fd, self.total - entries_at - self.size, entries_at + self.size)
         os.fdatasync(self._fd)
         os.close(self._fd)
         self._fd = None
-        # mtime = thisUpdate (served as Last-Modified), with the CRL number in the nanoseconds: the
-        # ETag derived from mtime and size then differs between two issues made in the same second.
-        stamp = int(self.spec.this_update.timestamp()) * 1_000_000_000 + self.spec.number % 1_000_000_000
-        os.utime(self.tmp, ns=(stamp, stamp))
+        set_stamp(self.tmp, self.spec.this_update, self.spec.number)
+        return self.total
+
+    async def install(self, keep_previous: bool = True) -> None:
+        """Rename the sealed file into place (keeping the previous issue as ``<name>.prev``)."""
+        await asyncio.get_running_loop().run_in_executor(self._ex, self._install, keep_previous)
+        self._ex.shutdown(wait=False)
+
+    def _install(self, keep_previous: bool) -> None:
         if keep_previous and self.final.exists():
             prev_tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.prev.tmp")
             try:
@@ -247,14 +269,7 @@ class _Writer:
                 pass
             os.link(self.final, prev_tmp)
             os.replace(prev_tmp, self.final.with_name(self.final.name + ".prev"))
-        os.replace(self.tmp, self.final)
-        dir_fd = os.open(self.final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._ex.shutdown(wait=False)
-        return total
+        install(self.tmp, self.final, self.spec.number)
 
     def abort(self) -> None:
         """Drop the temporary file (the published CRL is untouched)."""
@@ -269,6 +284,55 @@ class _Writer:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+
+
+class _Upload:
+    """A CRL's bytes going into the database as the entries stream (crl_content, migration 0015): one
+    pooled connection in one transaction, a page in flight at a time; the head and tail parts and the
+    CRL's row follow in the same transaction, whose commit is the publication."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.conn = None
+        self.tr = None
+        self.crl_id = None
+        self.parts = 0
+        self._pending = None
+
+    async def start(self) -> None:
+        self.conn = await self.pool.acquire()
+        self.tr = self.conn.transaction()
+        await self.tr.start()
+        self.crl_id = await crls.new_crl_id(self.conn)
+
+    async def add(self, data: bytes) -> None:
+        if self._pending is not None:
+            await self._pending
+        self.parts += 1
+        self._pending = asyncio.ensure_future(crls.add_content(self.conn, self.crl_id, self.parts, data))
+
+    async def commit(self, head: bytes, tail: bytes, **record) -> int:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        await crls.add_content(self.conn, self.crl_id, 0, head)
+        await crls.add_content(self.conn, self.crl_id, self.parts + 1, tail)
+        rid = await crls.record_published(self.conn, crl_id=self.crl_id, **record)
+        await self.tr.commit()
+        self.tr = None
+        return rid
+
+    async def close(self) -> None:
+        """Roll back what was not committed and give the connection back (always called)."""
+        try:
+            if self._pending is not None:
+                await asyncio.gather(self._pending, return_exceptions=True)
+            if self.tr is not None:
+                await self.tr.rollback()
+        finally:
+            if self.conn is not None:
+                await self.pool.release(self.conn)
+                self.conn = None
 
 
 class _StatusChangesHeld:
@@ -435,13 +499,15 @@ class Publisher:
         # the number is not known yet: a stand-in of the same kind sizes the headers
         spec = self.spec(target, base_number + 1 if base else 1, now, base_number)
         writer = None
+        upload = _Upload(self.pool)
         try:
+            await upload.start()
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot = await crls.begin_snapshot(conn)
                 await hold.end()
                 if target.kind == "base":
                     previous = await crls.latest(conn, target.issuer.db_id, target.scope, "base")
-                    writer = _Writer(final, spec, previous.bytes if previous else 0)
+                    writer = _Writer(final, spec, previous.bytes if previous else 0, upload)
                     await self._stream(conn, target, now, writer, previous, progress)
                 else:
                     released = await crls.released_since(conn, target.issuer.db_id, target.partition,
@@ -450,7 +516,7 @@ class Publisher:
                                for serial, held_at in released]
                     count, data = await crls.delta_entries(conn, target.issuer.db_id, target.partition,
                                                            base.snapshot, now, removes)
-                    writer = _Writer(final, spec, len(data))
+                    writer = _Writer(final, spec, len(data), upload)
                     if count:
                         await writer.add(count, data)
                     if progress:
@@ -462,18 +528,27 @@ class Publisher:
             marks.append(("hash", time.perf_counter()))
             signature = await self.signer.sign_digest(target.issuer.key_label, target.issuer.algorithm, digest)
             marks.append(("sign", time.perf_counter()))
-            size = await writer.finish(signature)
+            size = await writer.seal(signature)
             marks.append(("write", time.perf_counter()))
+            # The publication: the row and every part commit together (no host sees half a CRL), then
+            # this host's file is replaced.
+            rid = await upload.commit(
+                writer.head, writer.tail, generation_id=target.issuer.db_id, scope=target.scope, kind=target.kind,
+                number=number, base_id=base.id if base else None, this_update=now, next_update=spec.next_update,
+                snapshot=snapshot, entries=writer.count, size=size, sha256=digest, path=target.path)
+            marks.append(("commit", time.perf_counter()))
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        async with conn.transaction():
-            rid = await crls.record_published(
-                conn, generation_id=target.issuer.db_id, scope=target.scope, kind=target.kind, number=number,
-                base_id=base.id if base else None, this_update=now, next_update=spec.next_update,
-                snapshot=snapshot, entries=writer.count, size=size, sha256=digest, path=target.path)
-        marks.append(("record", time.perf_counter()))
+        finally:
+            await upload.close()
+        try:
+            await writer.install()
+        except OSError as exc:  # published all the same: this host copies it from the database when asked
+            log.warning("CRL %s number %d published, but not installed here: %s", target.path, number, exc)
+            writer.abort()
+        marks.append(("install", time.perf_counter()))
         log.debug("%s phases: %s", target.path,
                   ", ".join(f"{name} {t - marks[i][1]:.3f}" for i, (name, t) in enumerate(marks[1:])))
         return crls.PublishedCRL(rid, target.issuer.db_id, target.scope, target.kind, number,

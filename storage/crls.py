@@ -199,18 +199,47 @@ def _published(r) -> PublishedCRL:
                         bytes(r["sha256"]), r["path"])
 
 
+async def new_crl_id(conn) -> int:
+    """An id for a CRL about to be recorded (its content parts are written before its row)."""
+    return await conn.fetchval("SELECT nextval(pg_get_serial_sequence('crl', 'id'))")
+
+
+async def add_content(conn, crl_id: int, part: int, data: bytes) -> None:
+    """One part of a CRL's bytes, in the transaction that records the CRL (migration 0015)."""
+    await conn.execute("INSERT INTO crl_content (crl_id, part, data) VALUES ($1, $2, $3)", crl_id, part, data)
+
+
 async def record_published(conn, *, generation_id: int, scope: str, kind: str, number: int, base_id: int | None,
                            this_update: dt.datetime, next_update: dt.datetime, snapshot: str, entries: int,
-                           size: int, sha256: bytes, path: str) -> int:
-    # Needs no flush of its own: the number was committed durably before the file was renamed, and a
-    # delta built on an older record is still right for this base (RFC 5280 5.2.4: a delta applies to
-    # any complete CRL at least as new as its base).
-    await conn.execute("SET LOCAL synchronous_commit = off")
-    return await conn.fetchval(
-        "INSERT INTO crl (ca_generation_id, scope, kind, crl_number, base_id, this_update, next_update, snapshot,"
-        " entries, bytes, sha256, path) VALUES ($1,$2,$3,$4,$5,$6,$7,$8::text::pg_snapshot,$9,$10,$11,$12)"
-        " RETURNING id", generation_id, scope, kind, number, base_id, this_update, next_update, snapshot,
-        entries, size, sha256, path)
+                           size: int, sha256: bytes, path: str, crl_id: int | None = None) -> int:
+    """Record a CRL (with ``crl_id`` from new_crl_id when its content was added in this transaction) and
+    drop the content of this path's CRLs older than the one it replaces. The commit that follows is
+    the publication: it is durable (synchronous), since every host serves what it says."""
+    rid = await conn.fetchval(
+        "INSERT INTO crl (id, ca_generation_id, scope, kind, crl_number, base_id, this_update, next_update, snapshot,"
+        " entries, bytes, sha256, path) VALUES (coalesce($13, nextval(pg_get_serial_sequence('crl', 'id'))),"
+        " $1,$2,$3,$4,$5,$6,$7,$8::text::pg_snapshot,$9,$10,$11,$12) RETURNING id",
+        generation_id, scope, kind, number, base_id, this_update, next_update, snapshot, entries, size, sha256,
+        path, crl_id)
+    await conn.execute(
+        "DELETE FROM crl_content WHERE crl_id IN (SELECT id FROM crl WHERE path = $1 AND crl_number < $2"
+        " ORDER BY crl_number DESC OFFSET 1)", path, number)
+    return rid
+
+
+async def latest_with_content(conn, path: str) -> PublishedCRL | None:
+    """The newest CRL of a URL path that has its bytes in the database (what every host serves)."""
+    row = await conn.fetchrow(f"SELECT {_COLS} FROM crl WHERE path = $1"
+                              " AND EXISTS (SELECT 1 FROM crl_content k WHERE k.crl_id = crl.id)"
+                              " ORDER BY crl_number DESC LIMIT 1", path)
+    return _published(row) if row else None
+
+
+async def content(conn, crl_id: int):
+    """The parts of a CRL's bytes in order (an async iterator; call inside a transaction)."""
+    async for row in conn.cursor("SELECT data FROM crl_content WHERE crl_id = $1 ORDER BY part", crl_id,
+                                 prefetch=4):
+        yield row["data"]
 
 
 async def latest(conn, generation_id: int, scope: str, kind: str | None = None) -> PublishedCRL | None:

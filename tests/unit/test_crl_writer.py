@@ -11,6 +11,10 @@ from crl_publisher.publisher import _Writer
 from tests.unit.test_crl import _entries, _signer, _spec, ec_ca, rsa_ca  # noqa: F401 (fixtures)
 
 
+def _files(folder) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if n != ".lock")  # .lock: between processes replacing files
+
+
 async def _write(path, spec, entries, key, hint, pages=3):
     w = _Writer(path, spec, hint)
     step = max(1, len(entries) // pages)
@@ -22,7 +26,11 @@ async def _write(path, spec, entries, key, hint, pages=3):
     h = spec.algorithm.new_hash()
     h.update(tbs)
     assert digest == h.digest()
-    return await w.finish(_signer(key)(tbs))
+    size = await w.seal(_signer(key)(tbs))
+    # The database's copy: the head, the entries as they were added, the tail, make the same file.
+    assert w.head + b"".join(entries) + w.tail == w.tmp.read_bytes()
+    await w.install()
+    return size
 
 
 @pytest.mark.parametrize("n", [0, 1, 100, 3000])
@@ -36,7 +44,7 @@ async def test_any_size_hint_gives_the_same_crl(tmp_path, rsa_ca, n, hint):
     expected = crl_core.assemble(spec, entries, _signer(key))  # RSA PKCS#1 v1.5 is deterministic
     assert path.read_bytes() == expected and size == len(expected)
     assert os.path.getmtime(path) == spec.this_update.timestamp()
-    assert sorted(os.listdir(tmp_path)) == ["full.crl"]
+    assert _files(tmp_path) == ["full.crl"]
 
 
 async def test_ecdsa_signature_shorter_than_reserved(tmp_path, ec_ca):
@@ -60,7 +68,7 @@ async def test_previous_issue_is_kept_and_abort_leaves_no_file(tmp_path, rsa_ca)
     w = _Writer(path, _spec(issuer, number=3), 0)
     await w.add(1, _entries(1)[0])
     w.abort()
-    assert sorted(os.listdir(tmp_path)) == ["p.crl", "p.crl.prev"]
+    assert _files(tmp_path) == ["p.crl", "p.crl.prev"]
 
 
 async def test_outer_length_octets_shrink_with_a_short_ecdsa_signature(tmp_path, ec_ca):
