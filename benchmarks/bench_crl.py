@@ -156,8 +156,9 @@ def _templates():
 
 
 async def load(conn, *, gen_id: int, start: int, count: int, partition_size: int, effective: bool = True,
-               bulk: bool = False) -> None:
-    """Insert ``count`` certificates and their revocations (ids start+1..start+count) in PostgreSQL.
+               bulk: bool = False, revoke_one_in: int = 1) -> None:
+    """Insert ``count`` certificates (ids start+1..start+count) and the revocations of one in
+    ``revoke_one_in`` of them in PostgreSQL.
     Reasons: 60% affiliationChanged, 25% cessationOfOperation, 10% unspecified, 5% keyCompromise.
     ``bulk``: a loader's shortcut for millions of rows (this private database only): triggers off,
     secondary indexes dropped and rebuilt afterwards; the rows are the same."""
@@ -183,12 +184,14 @@ async def load(conn, *, gen_id: int, start: int, count: int, partition_size: int
     # status the triggers would have derived. Each row is a resident of its own (at most one live
     # certificate of a kind per resident: certificate_one_live).
     derived = bulk and effective
+    hit = f"i % {int(revoke_one_in)} = 0"
     await conn.execute(
         "INSERT INTO certificate (id, ca_generation_id, serial, kind, resident_hash, municipality_code, partition,"
         " not_before, not_after, status, status_reason, status_at, der)"
         f" SELECT $1::bigint + i, $2, {serial}, 'signing', int8send($1::bigint + i), '131016', ($1::bigint + i) / $4,"
         f" '2026-01-01', '{NOT_AFTER}',"
-        + (f" 'revoked', {reason}, $5::timestamptz," if derived else " 'valid', NULL::smallint, NULL::timestamptz,")
+        + (f" CASE WHEN {hit} THEN 'revoked' ELSE 'valid' END, CASE WHEN {hit} THEN {reason} END,"
+           f" CASE WHEN {hit} THEN $5::timestamptz END," if derived else " 'valid', NULL::smallint, NULL::timestamptz,")
         + " '\\x00'::bytea FROM generate_series(1, $3::bigint) AS i",
         start, gen_id, count, partition_size, *((REVOKED_AT,) if derived else ()))
     t1 = time.perf_counter()
@@ -198,7 +201,8 @@ async def load(conn, *, gen_id: int, start: int, count: int, partition_size: int
         " revoked_at, effective_at, source, entry_der)"
         f" SELECT id, $2, s, partition, '{NOT_AFTER}', r, $4, {eff}, 'feed', {entry}"
         " FROM (SELECT c.id, c.serial AS s, c.partition, " + reason.replace("i %", "(c.id - $1::bigint) %") +
-        " AS r FROM certificate c WHERE c.id > $1::bigint AND c.id <= $1::bigint + $3::bigint) x",
+        " AS r FROM certificate c WHERE c.id > $1::bigint AND c.id <= $1::bigint + $3::bigint"
+        f" AND (c.id - $1::bigint) % {revoke_one_in} = 0) x",
         start, gen_id, count, REVOKED_AT)
     t2 = time.perf_counter()
     if bulk:
