@@ -78,9 +78,133 @@ class ParsedRequest:
 def parse_request(data: bytes, *, max_certs: int = 10) -> ParsedRequest | ResponseStatus:
     """Decode an OCSPRequest; returns ParsedRequest or ResponseStatus.malformed_request, never raises."""
     try:
+        fast = _parse_fast(data, max_certs)
+    except Exception:  # not the common shape after all: the general decoder decides
+        fast = None
+    if fast is not None:
+        return fast
+    try:
         return _parse(data, max_certs)
     except Exception:  # hostile DER can make asn1crypto raise anything: it is a malformed request
         return ResponseStatus.malformed_request
+
+
+# -- the common shape, without asn1crypto ------------------------------------------------------------
+#
+# Nearly every request is one shape: DER, no version field, no requestorName, no signature, 1 to
+# max_certs CertIDs with SHA-1 or SHA-256 (parameters NULL or absent), no per-CertID extensions, and
+# either no extensions or a single non-critical nonce of 1 to 32 octets. _parse_fast decodes exactly
+# that shape (a few microseconds instead of asn1crypto's tree of objects) and returns None for anything
+# else, which then goes to _parse: so it may only accept what _parse accepts, with the same result
+# (tests/unit/test_ocsp_fast_parse.py compares the two on valid, mutated and random requests).
+
+_FAST_HASHES = {b"\x06\x05\x2b\x0e\x03\x02\x1a": "sha1",
+                b"\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01": "sha256"}
+_NONCE_EXT_OID = b"\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x02"  # id-pkix-ocsp-nonce
+
+
+def _tlv_at(data: bytes, pos: int, end: int, tag: int) -> tuple[int, int] | None:
+    """(content start, content end) of the DER element with ``tag`` at ``pos``, which must end by ``end``;
+    None if the tag differs or the length is not a minimal definite length of at most two octets."""
+    if pos + 2 > end or data[pos] != tag:
+        return None
+    n = data[pos + 1]
+    pos += 2
+    if n >= 0x80:
+        if n == 0x81:
+            if pos >= end:
+                return None
+            n = data[pos]
+            if n < 0x80:
+                return None
+            pos += 1
+        elif n == 0x82:
+            if pos + 2 > end:
+                return None
+            n = (data[pos] << 8) | data[pos + 1]
+            if n < 0x100:
+                return None
+            pos += 2
+        else:
+            return None
+    if pos + n > end:
+        return None
+    return pos, pos + n
+
+
+def _parse_fast(data: bytes, max_certs: int) -> ParsedRequest | None:
+    top = _tlv_at(data, 0, len(data), 0x30)
+    if top is None or top[1] != len(data):  # trailing bytes: _parse decides
+        return None
+    tbs = _tlv_at(data, top[0], top[1], 0x30)
+    if tbs is None or tbs[1] != top[1]:  # optionalSignature present
+        return None
+    pos, tbs_end = tbs
+    items = _tlv_at(data, pos, tbs_end, 0x30)  # requestList (a version or requestorName field: None)
+    if items is None:
+        return None
+    pos, list_end = items
+    certs = []
+    while pos < list_end:
+        if len(certs) >= max_certs:
+            return None
+        item = _tlv_at(data, pos, list_end, 0x30)
+        if item is None:
+            return None
+        cid = _tlv_at(data, item[0], item[1], 0x30)
+        if cid is None or cid[1] != item[1]:  # singleRequestExtensions present
+            return None
+        p, cid_end = cid
+        alg_id = _tlv_at(data, p, cid_end, 0x30)
+        if alg_id is None:
+            return None
+        oid = _tlv_at(data, alg_id[0], alg_id[1], 0x06)
+        if oid is None:
+            return None
+        alg = _FAST_HASHES.get(data[alg_id[0]:oid[1]])
+        if alg is None or data[oid[1]:alg_id[1]] not in (b"", b"\x05\x00"):
+            return None
+        name = _tlv_at(data, alg_id[1], cid_end, 0x04)
+        if name is None:
+            return None
+        key = _tlv_at(data, name[1], cid_end, 0x04)
+        if key is None:
+            return None
+        serial = _tlv_at(data, key[1], cid_end, 0x02)
+        if serial is None or serial[1] != cid_end:
+            return None
+        s0, s1 = serial
+        if s1 == s0 or (s1 - s0 > 1 and (data[s0] == 0 and data[s0 + 1] < 0x80
+                                        or data[s0] == 0xFF and data[s0 + 1] >= 0x80)):
+            return None  # empty or not minimal: _parse decides
+        name_hash, key_hash = data[name[0]:name[1]], data[key[0]:key[1]]
+        if len(name_hash) != _HASH_LENGTHS[alg] or len(key_hash) != _HASH_LENGTHS[alg]:
+            return None
+        certs.append(CertRequest(data[item[0]:cid_end], alg, name_hash, key_hash,
+                                 int.from_bytes(data[s0:s1], "big", signed=True)))
+        pos = item[1]
+    if not certs:
+        return None
+    nonce = None
+    if list_end != tbs_end:
+        # requestExtensions [2] EXPLICIT: exactly one extension, the nonce, not marked critical.
+        exts = _tlv_at(data, list_end, tbs_end, 0xA2)
+        if exts is None or exts[1] != tbs_end:
+            return None
+        seq = _tlv_at(data, exts[0], exts[1], 0x30)
+        if seq is None or seq[1] != exts[1]:
+            return None
+        ext = _tlv_at(data, seq[0], seq[1], 0x30)
+        if ext is None or ext[1] != seq[1] or data[ext[0]:ext[0] + len(_NONCE_EXT_OID)] != _NONCE_EXT_OID:
+            return None
+        value = _tlv_at(data, ext[0] + len(_NONCE_EXT_OID), ext[1], 0x04)
+        if value is None or value[1] != ext[1]:
+            return None
+        inner = _tlv_at(data, value[0], value[1], 0x04)
+        if inner is None or inner[1] != value[1] or not 1 <= inner[1] - inner[0] <= MAX_NONCE_OCTETS:
+            return None
+        nonce = data[inner[0]:inner[1]]
+    return ParsedRequest(tuple(certs), nonce)
 
 
 def _critical_unknown(extensions, known: tuple[str, ...]) -> bool:
@@ -244,9 +368,11 @@ def response_data(*, responder_key_hash: bytes, produced_at: dt.datetime,
         raise ValueError("nextUpdate must be after thisUpdate")
     if len(responder_key_hash) != 20:
         raise ValueError("the responder key hash is a SHA-1 digest")
-    times = der.generalized_time(this_update) + der.tlv(0xA0, der.generalized_time(next_update))
+    this_der = der.generalized_time(this_update)
+    times = this_der + der.tlv(0xA0, der.generalized_time(next_update))
     responses = b"".join(der.tlv(0x30, cert_id_der + _cert_status(status) + times) for cert_id_der, status in singles)
-    body = (der.tlv(0xA2, der.tlv(0x04, responder_key_hash)) + der.generalized_time(produced_at) + der.tlv(0x30, responses))
+    produced_der = this_der if produced_at == this_update else der.generalized_time(produced_at)
+    body = (der.tlv(0xA2, der.tlv(0x04, responder_key_hash)) + produced_der + der.tlv(0x30, responses))
     if nonce is not None:
         if not 1 <= len(nonce) <= MAX_NONCE_OCTETS:
             raise ValueError("a nonce has 1 to 32 octets")

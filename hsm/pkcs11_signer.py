@@ -36,6 +36,8 @@ _SESSION_LOST = (pkcs11.exceptions.SessionHandleInvalid, pkcs11.exceptions.Sessi
                  pkcs11.exceptions.TokenNotPresent)
 HSM_LATENCY = Histogram("shomei_hsm_sign_seconds", "Token signing latency (queue wait included)",
                         buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5))
+_SIGNED_OK = HSM_SIGNATURES.labels("ok")
+_SIGNED_ERROR = HSM_SIGNATURES.labels("error")
 
 
 class StartupError(ConfigError):
@@ -90,6 +92,11 @@ class _TokenThread:
             self._stopping = True
             self._ready.notify()
         self._thread.join()
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():  # the token did not answer in time; its late result is dropped by _settle
+        future.set_exception(asyncio.TimeoutError())
 
 
 def _settle(future: asyncio.Future, result, error) -> None:
@@ -203,18 +210,23 @@ class PKCS11Signer:
                           priority: int = URGENT) -> bytes:
         start = time.perf_counter()
         try:
-            # Bounded: a hung token makes requests fail (503) instead of hanging them.
-            sig = await asyncio.wait_for(self._run(self._sign_sync, key_label, alg, digest, priority=priority),
-                                         self.call_timeout)
+            # Bounded: a hung token makes requests fail (503) instead of hanging them. One timer on the
+            # token thread's future (asyncio.wait_for would add a task and a waiter per signature).
+            future = self._thread.submit(priority, self._sign_sync, key_label, alg, digest)
+            timer = asyncio.get_running_loop().call_later(self.call_timeout, _expire, future)
+            try:
+                sig = await future
+            finally:
+                timer.cancel()
         except HSMError:
-            HSM_SIGNATURES.labels("error").inc()
+            _SIGNED_ERROR.inc()
             raise
         except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:  # asyncio.TimeoutError is an OSError
-            HSM_SIGNATURES.labels("error").inc()
+            _SIGNED_ERROR.inc()
             self._keys.pop(key_label, None)
             log.error("token signing failed: %s", type(exc).__name__)
             raise HSMError(f"the token failed to sign ({type(exc).__name__})") from None
-        HSM_SIGNATURES.labels("ok").inc()
+        _SIGNED_OK.inc()
         HSM_LATENCY.observe(time.perf_counter() - start)
         return sig
 

@@ -124,6 +124,12 @@ async def read_limited(request: web.Request, limit: int, timeout: float | None =
 
     if request.content_length is not None and request.content_length > limit:
         return None
+    content = request.content
+    if content.is_eof():
+        # The whole body has arrived already (a small body comes with its headers): nothing to wait
+        # for, so no reading task and no timer.
+        body = content.read_nowait(-1)
+        return None if len(body) > limit else body
     timeout = BODY_READ_SECONDS if timeout is None else timeout
     try:
         return await asyncio.wait_for(_read(), timeout)
