@@ -62,16 +62,22 @@ def _client(request: web.Request, verifier) -> object:
     return ("verifier", verifier.id) if verifier is not None else ("address", request.remote)
 
 
+def answer_headers(answer: Answer, now: float) -> dict[str, str]:
+    """The HTTP headers of an answer: RFC 5019 caching headers for a cacheable one, no-store otherwise
+    (with Retry-After for tryLater)."""
+    if answer.entry is not None:
+        return answer.entry.headers(now)
+    if answer.status == "try_later":
+        return {**_NO_STORE, "Retry-After": "1"}
+    return _NO_STORE
+
+
 def _reply(request: web.Request, svc: Responder, answer: Answer, verifier, now: float) -> web.Response:
     svc.count(answer.status, answer.source, verifier, answer.successful)
     entry = answer.entry
-    if entry is None:
-        if answer.status == "try_later":
-            return _error_response(ResponseStatus.try_later)
-        return web.Response(body=answer.body, headers=_NO_STORE)
-    if request.headers.get("If-None-Match") == entry.etag:
+    if entry is not None and request.headers.get("If-None-Match") == entry.etag:
         return web.Response(status=304, headers=entry.headers(now))
-    return web.Response(body=entry.body, headers=entry.headers(now))
+    return web.Response(body=answer.body, headers=answer_headers(answer, now))
 
 
 async def _access(request: web.Request, svc: Responder):

@@ -22,6 +22,8 @@ from asn1crypto import x509 as ax509
 from ca_core.config import Config
 from ca_core.errors import NotFound
 from ca_core.serials import serial_bytes
+from ocsp_responder.fastpath import FastPathSite
+from ocsp_responder.http import SERVICE as OCSP_SERVICE
 from plumbing.auth import CLIENT_SERIAL
 from plumbing.http import is_private
 from plumbing.tls import server_context
@@ -82,7 +84,13 @@ async def start(runner: web.AppRunner, cfg: Config, listeners: Listeners, tls_fi
                 reuse_port: bool = True) -> tuple[str, str]:
     """Start both sites of an already set-up runner; returns (public URL, private URL)."""
     srv = cfg.server
-    public = web.TCPSite(runner, srv.host, srv.port, reuse_port=reuse_port, backlog=2048)
+    responder = runner.app.get(OCSP_SERVICE) if runner.app is not None else None
+    if responder is not None and not responder.verifier_mode:
+        # OCSP's two plain request shapes skip the framework; everything else is aiohttp's as before.
+        public = FastPathSite(runner, responder, srv.host, srv.port, reuse_port=reuse_port, backlog=2048,
+                              keepalive=KEEPALIVE_SECONDS)
+    else:
+        public = web.TCPSite(runner, srv.host, srv.port, reuse_port=reuse_port, backlog=2048)
     await public.start()
     context = server_context(tls_files.cert, tls_files.key, tls_files.client_ca) if srv.private_tls else None
     private = web.TCPSite(runner, srv.private_host, srv.private_port, ssl_context=context,
