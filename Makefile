@@ -28,12 +28,14 @@ soak: sysdeps testdeps $(STAMP)
 bench: sysdeps $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
-	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 8,16 --compare-plain
+	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 1,4,16,64 --compare-plain
 	$(BIN)/python -m benchmarks.bench_revocation --online 300
 	$(BIN)/python -m benchmarks.bench_ocsp
 	$(BIN)/python -m benchmarks.bench_staleness
 	$(BIN)/python -m benchmarks.bench_crl --sizes 1000000,10000000
 	$(BIN)/python -m benchmarks.bench_audit_verify
+	$(BIN)/python -m benchmarks.bench_table_size
+	$(BIN)/python -m benchmarks.bench_crl_nation
 	$(BIN)/python -m benchmarks.charts
 
 # Redraw docs/charts/*.svg from the last figures in benchmarks/results/ (no benchmark is run).

@@ -33,6 +33,7 @@ from .service import Responder
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192  # a longer head goes to aiohttp, which enforces its own limits
+MAX_BUFFERED = 1 << 20  # pipelined requests beyond this wait in the socket until the earlier are answered
 _B64 = bytes.maketrans(b"-_", b"+/")
 _REASONS = {200: b"OK"}
 
@@ -83,6 +84,7 @@ class FastPath(asyncio.Protocol):
         self.busy = False  # a request is being answered
         self.paused = False  # the peer is not reading
         self.stopping = False
+        self.reading = True
         self.idle = None
 
     # -- the connection --------------------------------------------------------------------------
@@ -100,6 +102,9 @@ class FastPath(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if len(self.buf) > MAX_BUFFERED and self.reading:
+            self.reading = False
+            self.transport.pause_reading()
         self._next()
 
     def eof_received(self) -> bool:
@@ -138,6 +143,8 @@ class FastPath(asyncio.Protocol):
         self.conns.discard(self)
         self._disarm()
         handler = self.fallback()
+        if not self.reading:
+            transport.resume_reading()  # aiohttp's handler does its own flow control
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self.buf:
@@ -209,6 +216,9 @@ class FastPath(asyncio.Protocol):
             return
         self._arm()
         self._next()
+        if not self.reading and len(self.buf) <= MAX_BUFFERED and self.transport is not None:
+            self.reading = True
+            self.transport.resume_reading()
 
     async def _post(self, body: bytes):
         svc = self.svc

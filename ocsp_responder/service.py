@@ -90,6 +90,7 @@ class Responder:
         self._issuers = directory.issuers
         self.index = ocsp.IssuerIndex(self._issuers)
         self.responders: dict[int, ResponderKey] = {}
+        self._responders_loaded = float("-inf")
         self._pending = 0
         self._inflight: dict[bytes, asyncio.Future] = {}
         self._to_store: list[tuple] = []
@@ -164,6 +165,14 @@ class Responder:
         if isinstance(issuer, ResponseStatus):
             return _error(issuer)
         responder = self.responders.get(issuer.db_id)
+        if responder is None and time.monotonic() - self._responders_loaded >= 1.0:
+            # A generation this process has just learnt of (a rollover elsewhere): its responder was made
+            # with it. At most once a second, so a generation truly without one costs no load.
+            try:
+                await self.load_responders()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return _error(ResponseStatus.try_later)
+            responder = self.responders.get(issuer.db_id)
         if responder is None:
             log.error("no OCSP responder certificate for %s g%d", issuer.ca_id, issuer.generation)
             return _error(ResponseStatus.try_later)
@@ -290,6 +299,7 @@ class Responder:
         """Pick up the newest responder certificate of every CA generation (renewals by any process)."""
         async with self.pool.acquire() as conn:
             latest = await cas.latest_responders(conn)
+        self._responders_loaded = time.monotonic()
         self.responders = {gen: ResponderKey(rec.id, rec.key_label, rec.certificate,
                                              ocsp.responder_key_hash(rec.certificate), rec.not_after)
                            for gen, rec in latest.items()}
