@@ -220,22 +220,23 @@ class FastPath(asyncio.Protocol):
             self.reading = True
             self.transport.resume_reading()
 
-    async def _post(self, body: bytes):
-        svc = self.svc
+    def _memory(self, key: bytes):
+        """The answer in process memory for ``key``, as (status, headers, body), or None."""
         now = time.time()
-        entry = svc.cache.get(body, now)
-        if entry is not None:
-            svc.count(entry.status, "memory", None)
-            return 200, entry.headers(now), entry.body
-        return self._reply(await svc.answer(body, body, self.peer))
+        entry = self.svc.cache.get(key, now)
+        if entry is None:
+            return None
+        self.svc.count(entry.status, "memory", None)
+        return 200, entry.headers(now), entry.body
+
+    async def _post(self, body: bytes):
+        return self._memory(body) or self._reply(await self.svc.answer(body, body, self.peer))
 
     async def _get(self, target: bytes):
+        hit = self._memory(target)
+        if hit is not None:
+            return hit
         svc = self.svc
-        now = time.time()
-        entry = svc.cache.get(target, now)
-        if entry is not None:
-            svc.count(entry.status, "memory", None)
-            return 200, entry.headers(now), entry.body
         encoded = target[6:]
         if len(encoded) > svc.max_get_chars * 3:  # percent-escapes triple the characters at most
             return self._reply(svc.malformed)
