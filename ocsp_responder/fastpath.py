@@ -165,7 +165,8 @@ class FastPath(asyncio.Protocol):
         if parsed is None:
             return self._handoff()
         method, target, headers = parsed
-        if b"transfer-encoding" in headers or b"expect" in headers or b"upgrade" in headers:
+        if (b"host" not in headers or b"transfer-encoding" in headers or b"expect" in headers
+                or b"upgrade" in headers):  # HTTP/1.1 requires Host: aiohttp answers 400 without it
             return self._handoff()
         close = headers.get(b"connection", b"").lower() == b"close"
         if method == b"POST" and target in (b"/ocsp", b"/ocsp/"):

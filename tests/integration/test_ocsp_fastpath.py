@@ -128,6 +128,7 @@ async def test_an_octet_at_a_time_and_connection_close(wire, one):
     (lambda der: b"GET /ocsp/%%%zz HTTP/1.1\r\nHost: x\r\n\r\n", "malformed_request"),
     (lambda der: b"PUT /ocsp HTTP/1.0\r\nContent-Length: 0\r\n\r\n", 405),
     (lambda der: b"\x16\x03\x01 garbage\r\n\r\n", 400),
+    (lambda der: _get(der).replace(b"Host: x\r\n", b""), 400),  # HTTP/1.1 requires Host
 ])
 async def test_unusual_requests_get_the_framework_answer(wire, one, request_bytes, expect):
     cert, ca, ca_der = one
@@ -140,3 +141,36 @@ async def test_unusual_requests_get_the_framework_answer(wire, one, request_byte
         assert status == 200 and check_response(body, ca_der).certificate_status == ocsp.OCSPCertStatus.GOOD
     else:
         assert status == 200 and status_of(body) == expect
+
+
+async def test_hostile_heads_never_break_the_listener(wire, one, caplog):
+    """Random and mangled request heads: whatever the fast path or aiohttp make of them, the listener
+    keeps answering OCSP on a new connection."""
+    import random
+
+    cert, ca, ca_der = one
+    good = _post(request_der(cert, ca))
+    rng = random.Random(20261123)
+    samples = [b"GET /ocsp/ HTTP/1.1\r\n\r\n", b"POST /ocsp HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+               b"POST /ocsp HTTP/1.1\r\nContent-Type: application/ocsp-request\r\nContent-Length: 99999999\r\n\r\n",
+               b"POST /ocsp HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+               b"GET /ocsp/%ZZ%00 HTTP/1.1\r\n\r\n", b"\r\n\r\n", b" / HTTP/1.1\r\n\r\n" * 3,
+               b"GET /ocsp/" + b"A" * 20000 + b" HTTP/1.1\r\n\r\n"]
+    for _ in range(60):
+        mangled = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        samples.append(bytes(mangled[:rng.randint(1, len(mangled))]) + b"\r\n\r\n")
+    for sample in samples:
+        reader, writer = await wire()
+        writer.write(sample)
+        try:
+            await asyncio.wait_for(reader.read(65536), 0.3)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass  # waiting for more of a body, or reset: both are fine
+        writer.close()
+    reader, writer = await wire()
+    writer.write(good)
+    status, _headers, body = await _read(reader)
+    assert status == 200 and check_response(body, ca_der).certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert "fast path failed" not in caplog.text  # aiohttp logs the bad requests it was handed, as ever
