@@ -122,6 +122,10 @@ class IssuanceConfig(_Section):
     rsa_key_sizes: IntTuple = (2048,)
     publish_deltas: bool = True  # adds freshestCRL to certificates
     renewal_window_days: int = 92
+    # POST /v1/certificate-batches: at most this many issuances, in a body of at most this many bytes
+    # (an issuance of two RSA-2048 CSRs is about 3 KB of JSON).
+    batch_max_requests: int = 100
+    batch_max_body_bytes: int = 2 * 1024 * 1024
     # authorityInfoAccess: id-ad-ocsp (the responder's URL) in every certificate; turn it off for a
     # deployment that keeps OCSP to registered verifiers. caIssuers is always there.
     ocsp_in_aia: bool = True
@@ -261,6 +265,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("the signing and auth CAs must have different names")
     if not 1 <= cfg.issuance.partition_size <= 130_000:
         raise ConfigError("issuance.partition_size must be 1..130000 (a partition CRL stays under 10 MB)")
+    if not 1 <= cfg.issuance.batch_max_requests <= 1000 or cfg.issuance.batch_max_body_bytes < 65536:
+        raise ConfigError("issuance.batch_max_requests must be 1..1000 and issuance.batch_max_body_bytes "
+                          "at least 65536")
     if not all(bits in (2048, 3072, 4096) for bits in cfg.issuance.rsa_key_sizes):
         raise ConfigError("issuance.rsa_key_sizes: only 2048, 3072, 4096")
     ocsp = cfg.ocsp

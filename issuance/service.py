@@ -6,6 +6,7 @@ before the answer. A certificate that was signed but whose transaction failed ne
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -149,16 +150,102 @@ class IssuanceService:
 
     async def issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
         """Issue the requested certificates; raises a ShomeiError subclass on any rejection."""
+        (outcome,) = await self.issue_batch(client, operator_id, [req])
+        if isinstance(outcome, errors.ShomeiError):
+            raise outcome
+        return outcome
+
+    async def issue_batch(self, client, operator_id: str,
+                          reqs: list[IssueRequest]) -> list[IssueResult | errors.ShomeiError]:
+        """Each request issued exactly as a request of its own would be (the same checks, the same
+        idempotency, its own audit records), its outcome in its place: the result, or the typed error that
+        refused it. A batch costs one preflight statement, signatures queued to the token together and one
+        statement recording every issuance that supersedes nothing; a renewal is recorded on its own. The
+        request_ids of a batch are distinct (the caller checks)."""
         started = time.perf_counter()
-        kinds_label = "+".join(req.kinds) or "none"
+        outcomes: list = [None] * len(reqs)
         try:
-            result = await self._issue(client, operator_id, req)
-        except errors.ShomeiError as exc:
-            ISSUED.labels(kinds_label, exc.code if isinstance(exc, errors.Unavailable) else "rejected").inc()
-            raise
-        ISSUED.labels(kinds_label, "issued" if result.created else "replayed").inc()
-        ISSUE_LATENCY.labels(kinds_label).observe(time.perf_counter() - started)
-        return result
+            await self._issue_batch(client, operator_id, reqs, outcomes)
+        except errors.ShomeiError as exc:  # the database or the token down: what was not settled is refused
+            outcomes = [exc if o is None else o for o in outcomes]
+        elapsed = time.perf_counter() - started
+        for req, outcome in zip(reqs, outcomes):
+            kinds_label = "+".join(req.kinds) or "none"
+            if isinstance(outcome, errors.ShomeiError):
+                ISSUED.labels(kinds_label, outcome.code if isinstance(outcome, errors.Unavailable)
+                              else "rejected").inc()
+            else:
+                ISSUED.labels(kinds_label, "issued" if outcome.created else "replayed").inc()
+                ISSUE_LATENCY.labels(kinds_label).observe(elapsed)
+        return outcomes
+
+    async def _issue_batch(self, client, operator_id: str, reqs: list[IssueRequest], outcomes: list) -> None:
+        now = self.clock.now()
+        checked = []
+        for index, req in enumerate(reqs):
+            try:
+                birth, card_expiry, csrs = self._validate(client, req, now)
+            except errors.ShomeiError as exc:
+                outcomes[index] = exc
+                continue
+            checked.append(_Pending(index, req, birth, card_expiry, csrs,
+                                    resident_hash(self.resident_key, req.resident_code)))
+        if not checked:
+            return
+        fresh = []
+        with unavailable_when_down("the database is unavailable; nothing was issued"):
+            async with self.pool.acquire() as conn:
+                pres = await issuance_store.preflight(conn, client_id=client.id, asked=[
+                    issuance_store.Asked(p.req.request_id, p.req.municipality_code, list(p.csrs), p.rhash)
+                    for p in checked])
+                for p, pre in zip(checked, pres):
+                    p.pre = pre
+                    if pre.existing_id is not None:
+                        outcomes[p.index] = await _outcome(self._replay(conn, p.req, (pre.existing_id,
+                                                                                      pre.existing_hash)))
+                    else:
+                        fresh.append(p)
+        ready = []
+        for p in fresh:
+            try:
+                self._check_may_issue(p.req, p.pre, now)
+                p.issuers = self._issuers_for(list(p.csrs), now)
+            except errors.ShomeiError as exc:
+                outcomes[p.index] = exc
+                continue
+            ready.append(p)
+        # Every signature of the batch is queued to the token at once (the token thread takes them in turn).
+        signed = await asyncio.gather(*(_outcome(self._sign(p, now)) for p in ready))
+        alone, together = [], []
+        for p, result in zip(ready, signed):
+            if isinstance(result, errors.ShomeiError):
+                outcomes[p.index] = result
+            else:
+                p.signed = result
+                (alone if p.pre.has_live else together).append(p)
+        recorded: dict[str, int] = {}
+        if together:
+            try:
+                with unavailable_when_down("the database is unavailable; nothing was issued"):
+                    async with self.pool.acquire() as conn:
+                        recorded = await issuance_store.record(
+                            conn, [self._new_issuance(p) for p in together], client_id=client.id,
+                            operator_id=operator_id, not_before=now)
+            except asyncpg.UniqueViolationError:
+                recorded = {}  # one of them met another issuance for its resident: each on its own, below
+        for p in together:
+            if p.req.request_id in recorded:
+                outcomes[p.index] = p.created()
+            else:  # raced (the same request_id elsewhere, the same resident): settled on its own
+                alone.append(p)
+        for p in sorted(alone, key=lambda p: p.index):
+            outcomes[p.index] = await _outcome(self._record(client, operator_id, p, now))
+
+    def _new_issuance(self, p: "_Pending") -> issuance_store.NewIssuance:
+        return issuance_store.NewIssuance(
+            request_id=p.req.request_id, body_hash=p.req.body_hash(), resident_hash=p.rhash,
+            municipality_code=p.req.municipality_code, certificates=p.signed,
+            consume_free_reissue=p.pre.free_reissue and SIGNING in p.csrs)
 
     async def _replay(self, conn, req: IssueRequest, found: tuple[int, bytes] | None) -> IssueResult | None:
         """The answer to a request whose request_id was seen before (same body), else None."""
@@ -170,25 +257,6 @@ class IssuanceService:
                                   code="idempotency_conflict")
         certs = await cert_store.of_issuance(conn, issuance_id)
         return IssueResult(False, [IssuedCertificate.of(c) for c in certs])
-
-    async def _issue(self, client, operator_id: str, req: IssueRequest) -> IssueResult:
-        now = self.clock.now()
-        birth, card_expiry, csrs = self._validate(client, req, now)
-        rhash = resident_hash(self.resident_key, req.resident_code)
-        with unavailable_when_down("the database is unavailable; nothing was issued"):
-            async with self.pool.acquire() as conn:
-                pre = await issuance_store.preflight(conn, client_id=client.id, request_id=req.request_id,
-                                                     municipality_code=req.municipality_code, kinds=list(csrs),
-                                                     resident_hash=rhash)
-                if pre.existing_id is not None:
-                    return await self._replay(conn, req, (pre.existing_id, pre.existing_hash))
-        self._check_may_issue(req, pre, now)
-        issuers = self._issuers_for(list(csrs), now)
-        signed = await self._sign(req, csrs, pre, issuers, now, birth, card_expiry)
-        record = dict(client_id=client.id, request_id=req.request_id, body_hash=req.body_hash(),
-                      operator_id=operator_id, resident_hash=rhash, municipality_code=req.municipality_code,
-                      not_before=now, consume_free_reissue=pre.free_reissue and SIGNING in csrs)
-        return await self._record(client, operator_id, req, pre, signed, record, now)
 
     def _issuers_for(self, kinds: list[str], now: dt.datetime) -> dict:
         """The current CA generation of each kind, refused when it has none or it has expired."""
@@ -221,16 +289,16 @@ class IssuanceService:
                 f"{self.settings.renewal_window_days} days before expiry (set card_replaced for a new card)",
                 field="card_replaced", code="renewal_too_early")
 
-    async def _sign(self, req: IssueRequest, csrs: dict, pre: issuance_store.Preflight, issuers: dict,
-                    now: dt.datetime, birth: dt.date, card_expiry: dt.date) -> list[issuance_store.NewCertificate]:
+    async def _sign(self, p: "_Pending", now: dt.datetime) -> list[issuance_store.NewCertificate]:
         """Build and sign each certificate (one token signature each; nothing is stored yet)."""
+        req = p.req
         signed = []
-        for (kind, csr), cert_id in zip(csrs.items(), pre.certificate_ids):
-            issuer = issuers[kind]
-            not_before, not_after = validity(now, birth, card_expiry, issuer.not_after)
+        for (kind, csr), cert_id in zip(p.csrs.items(), p.pre.certificate_ids):
+            issuer = p.issuers[kind]
+            not_before, not_after = validity(now, p.birth, p.card_expiry, issuer.not_after)
             serial = new_serial()
             partition = cert_id // self.settings.partition_size
-            subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), pre.municipality_name,
+            subject = end_entity_subject(kind, prefecture_romaji(req.municipality_code), p.pre.municipality_name,
                                          serial_hex(serial).upper())
             tbs = self._template(issuer).tbs(
                 serial=serial, spki_der=csr.spki_der, key_id=csr.key_id, subject_der=subject,
@@ -243,25 +311,26 @@ class IssuanceService:
                 issuer_label=f"{issuer.ca_id}-g{issuer.generation}", not_after=not_after))
         return signed
 
-    async def _record(self, client, operator_id: str, req: IssueRequest, pre: issuance_store.Preflight,
-                      signed: list, record: dict, now: dt.datetime) -> IssueResult:
-        """Write the certificates (and supersede the resident's old ones) in one transaction."""
+    async def _record(self, client, operator_id: str, p: "_Pending", now: dt.datetime) -> IssueResult:
+        """Write one issuance's certificates (and supersede the resident's old ones) in one transaction."""
+        req, issuance = p.req, self._new_issuance(p)
+        record = dict(client_id=client.id, operator_id=operator_id, not_before=now)
         try:
             with unavailable_when_down("the database is unavailable; nothing was issued"):
                 async with self.pool.acquire() as conn:
-                    if not pre.has_live:
+                    if not p.pre.has_live:
                         # First certificates of these kinds: one statement, atomic on its own. Should another
                         # issuance for the resident commit meanwhile, certificate_one_live refuses this one.
-                        if await issuance_store.record(conn, signed, **record) is None:
+                        if not await issuance_store.record(conn, [issuance], **record):
                             raise _Raced()
                     else:
                         async with conn.transaction():
                             await rev_store.enter_status_change(conn)
-                            await self._supersede(conn, client, operator_id, req, record["resident_hash"],
-                                                  [c.kind for c in signed], max(now, self.clock.now()))
-                            if await issuance_store.record(conn, signed, **record) is None:
+                            await self._supersede(conn, client, operator_id, req, p.rhash, list(p.csrs),
+                                                  max(now, self.clock.now()))
+                            if not await issuance_store.record(conn, [issuance], **record):
                                 raise _Raced()  # rolls the superseding revocations back
-            if pre.has_live:
+            if p.pre.has_live:
                 await self.status_sync()  # the superseded certificates answer revoked everywhere
         except _Raced:
             with unavailable_when_down("the database is unavailable; nothing was issued"):
@@ -277,8 +346,7 @@ class IssuanceService:
                 raise errors.Conflict("another issuance for this resident is in progress; retry",
                                       code="concurrent_issuance") from None
             raise
-        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der, c.not_after)
-                                  for c in signed])
+        return p.created()
 
     async def _supersede(self, conn, client, operator_id: str, req: IssueRequest, rhash: bytes, kinds: list[str],
                          now: dt.datetime) -> None:
@@ -296,3 +364,30 @@ class IssuanceService:
 
 class _Raced(Exception):
     """Another request with the same request_id committed first."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One request of a batch on its way: checked, then read (preflight), then signed."""
+
+    index: int  # its place in the batch
+    req: IssueRequest
+    birth: dt.date
+    card_expiry: dt.date
+    csrs: dict
+    rhash: bytes
+    pre: issuance_store.Preflight | None = None
+    issuers: dict | None = None
+    signed: list | None = None
+
+    def created(self) -> IssueResult:
+        return IssueResult(True, [IssuedCertificate(c.kind, int.from_bytes(c.serial, "big"), c.der, c.not_after)
+                                  for c in self.signed])
+
+
+async def _outcome(awaitable):
+    """What ``awaitable`` returns, or the typed error it raised (one request's refusal in a batch)."""
+    try:
+        return await awaitable
+    except errors.ShomeiError as exc:
+        return exc

@@ -47,7 +47,7 @@ TIMEOUT = 120          # seconds for one schemathesis run before the test gives 
 OPERATOR = "clerk-01"
 
 GROUPS = {
-    "terminal": ("/v1/certificates", "/v1/revocations", "/v1/holds", "/v1/holds/release"),
+    "terminal": ("/v1/certificates", "/v1/certificate-batches", "/v1/revocations", "/v1/holds", "/v1/holds/release"),
     "feed": ("/v1/residency-events",),
     "public": ("/v1/online/revocations", "/v1/online/validity-checks", "/ca", "/ca/{ca}.crt",
                "/ca/{ca}/{key_id}.crt", "/crl/{ca}/{name}", "/crl/{ca}/{generation}/{name}", "/ocsp",

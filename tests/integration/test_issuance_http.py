@@ -295,3 +295,103 @@ async def test_concurrent_requests_for_one_resident_leave_one_live_certificate(h
         live = await conn.fetchval("SELECT count(*) FROM certificate WHERE resident_hash = $1 AND kind = 'auth'"
                                    " AND status <> 'revoked'", resident_hash(rt.resident_key, code))
     assert live == 1
+
+
+# -- batches: POST /v1/certificate-batches ----------------------------------------------------------------
+
+async def _batch(http, credential, requests: list, expect: int = 200) -> dict:
+    resp = await http.post("/v1/certificate-batches", json={"requests": requests}, **credential.auth())
+    data = await resp.json()
+    assert resp.status == expect, data
+    return data
+
+
+async def test_batch_answers_each_request_in_its_place(http, terminal, keys, rt, ca_pem, tmp_path):
+    earlier = issue_body(keys)
+    first = await issue(http, terminal, earlier)
+    bodies = [issue_body(keys), earlier, issue_body(keys, kinds=("auth",), municipality_code="271004"),
+              issue_body(keys, kinds=("auth",))]
+    before = await _totals(rt)
+    data = await _batch(http, terminal, bodies)
+    results = data["results"]
+    assert [r["request_id"] for r in results] == [b["request_id"] for b in bodies]
+    assert [r["status"] for r in results] == [201, 200, 403, 201]
+    assert results[2]["error"]["code"] == "municipality_mismatch" and "certificates" not in results[2]
+    assert results[1]["certificates"] == first["certificates"]  # the replay: the same certificates
+    after = await _totals(rt)
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (3, 2, 3)
+    for n in (0, 3):
+        for kind, cert in certs_by_kind(results[n]).items():
+            cert.verify_directly_issued_by(x509.load_der_x509_certificate(rt.issuers.current(kind).certificate_der))
+            path = tmp_path / f"{n}-{kind}.pem"
+            path.write_text(next(c["certificate"] for c in results[n]["certificates"] if c["kind"] == kind))
+            res = subprocess.run(["openssl", "verify", "-CAfile", ca_pem[kind], str(path)],
+                                 capture_output=True, text=True)
+            assert res.returncode == 0, res.stderr
+        # each request of the batch is a request of its own: sent alone, it answers the same certificates
+        again = await issue(http, terminal, bodies[n], expect=200)
+        assert again["certificates"] == results[n]["certificates"]
+
+
+@pytest.mark.parametrize("case,code,field", [
+    ("empty", "invalid_field", "requests"),
+    ("not_a_list", "invalid_field", "requests"),
+    ("unknown_item_field", "unknown_field", "requests.1.colour"),
+    ("bad_item", "missing_field", "requests.0.resident"),
+    ("twice", "duplicate_request_id", "requests.2.request_id"),
+    ("too_many", "batch_too_large", "requests"),
+])
+async def test_malformed_batches_are_refused_whole(http, terminal, keys, rt, case, code, field):
+    good = [issue_body(keys, kinds=("auth",)) for _ in range(3)]
+    requests = {
+        "empty": [],
+        "not_a_list": good[0],
+        "unknown_item_field": [good[0], dict(good[1], colour="blue")],
+        "bad_item": [{k: v for k, v in good[0].items() if k != "resident"}, good[1]],
+        "twice": [good[0], good[1], dict(good[2], request_id=good[0]["request_id"])],
+        "too_many": [dict(good[0], request_id=f"many-{n}-{good[0]['request_id']}")
+                     for n in range(rt.cfg.issuance.batch_max_requests + 1)],
+    }[case]
+    before = await _totals(rt)
+    data = await _batch(http, terminal, requests, expect=400)
+    assert (data["error"]["code"], data["error"]["field"]) == (code, field)
+    assert await _totals(rt) == before
+
+
+async def test_batch_needs_a_terminal_and_its_operator(http, terminal, feed, keys, rt):
+    body = {"requests": [issue_body(keys, kinds=("auth",))]}
+    before = await _totals(rt)
+    resp = await http.post("/v1/certificate-batches", json=body, **feed.auth())
+    assert resp.status == 403, await resp.text()
+    resp = await http.post("/v1/certificate-batches", json=body, ssl=terminal.ssl)  # no X-Operator-Id
+    assert resp.status in (400, 403), await resp.text()
+    assert await _totals(rt) == before
+
+
+async def test_batch_with_the_token_down_is_refused_whole(http, terminal, keys, rt, monkeypatch):
+    # SoftHSM cannot be made to fail on demand: inject the failure at the Signer boundary.
+    async def failing_sign(*_a, **_k):
+        raise HSMError("the token failed to sign (DeviceError)")
+
+    before = await _totals(rt)
+    monkeypatch.setattr(rt.signer, "sign", failing_sign)
+    resp = await http.post("/v1/certificate-batches", json={"requests": [issue_body(keys) for _ in range(3)]},
+                           **terminal.auth())
+    data = await resp.json()
+    assert resp.status == 503 and data["error"]["code"] == "hsm_unavailable" and resp.headers["Retry-After"]
+    assert await _totals(rt) == before
+
+
+async def test_batch_with_the_database_down_after_signing_records_nothing(http, terminal, keys, rt, monkeypatch):
+    from storage import issuance as issuance_store
+
+    async def failing_insert(*_a, **_k):
+        raise ConnectionResetError("connection lost")
+
+    before = await _totals(rt)
+    monkeypatch.setattr(issuance_store, "record", failing_insert)
+    resp = await http.post("/v1/certificate-batches", json={"requests": [issue_body(keys) for _ in range(3)]},
+                           **terminal.auth())
+    data = await resp.json()
+    assert resp.status == 503 and data["error"]["code"] == "database_unavailable", data
+    assert await _totals(rt) == before
