@@ -28,7 +28,7 @@ soak: sysdeps testdeps $(STAMP)
 bench: sysdeps $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
-	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 1,4,16,64 --compare-plain
+	$(BIN)/python -m benchmarks.bench_issuance --requests 2000 --concurrency 1,4,16,64 --compare-plain --batch 100 --batch-concurrency 2,4,8
 	$(BIN)/python -m benchmarks.bench_revocation --online 300
 	$(BIN)/python -m benchmarks.bench_ocsp
 	$(BIN)/python -m benchmarks.bench_staleness

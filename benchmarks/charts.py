@@ -148,7 +148,8 @@ def _group(rows: list[dict], key: str, x: str, y: str, label=str) -> list[tuple[
 
 def chart_issuance(data: dict, out: Path) -> list[Path]:
     rows = ([dict(r, listener="mTLS") for r in data.get("mtls", [])]
-            + [dict(r, listener="plain HTTP behind a TLS proxy") for r in data.get("plain", [])])
+            + [dict(r, listener="plain HTTP behind a TLS proxy") for r in data.get("plain", [])]
+            + [dict(r, listener=f"batches of {data.get('batch_size')}, mTLS") for r in data.get("batch", [])])
     if not rows:
         raise LookupError("no rows")
     series = _group(rows, "listener", "concurrency", "certs_per_s", label=lambda k: f"shomei issuance, {k}")
@@ -160,7 +161,7 @@ def chart_issuance(data: dict, out: Path) -> list[Path]:
     fig, (ax,) = _figure(height=5.0)
     line_chart(ax, series, hlines=hlines, xscale="log",
                title=f"Issuance throughput, shomei serve --workers {workers} ({data.get('cpu_count')} cores)",
-               xlabel="concurrent requests", ylabel="certificates/s")
+               xlabel="concurrent requests (a batch is one request)", ylabel="certificates/s")
     return [_save(fig, out, "issuance.svg")]
 
 
