@@ -38,6 +38,8 @@ from storage.db import unavailable_when_down
 
 log = logging.getLogger(__name__)
 
+_RECORDS_AT_ONCE = 4  # transactions a batch runs side by side for the requests it records one by one
+
 ISSUED = Counter("shomei_issuance_total", "Issuance requests by kind and result", ["kind", "result"])
 ISSUE_LATENCY = Histogram("shomei_issuance_seconds", "Issuance request latency by kind", ["kind"],
                           buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
@@ -238,8 +240,15 @@ class IssuanceService:
                 outcomes[p.index] = p.created()
             else:  # raced (the same request_id elsewhere, the same resident): settled on its own
                 alone.append(p)
-        for p in sorted(alone, key=lambda p: p.index):
-            outcomes[p.index] = await _outcome(self._record(client, operator_id, p, now))
+        # Renewals (and any request the batch statement could not record) each in a transaction of its own,
+        # a few at a time, as concurrent requests would be.
+        limit = asyncio.Semaphore(_RECORDS_AT_ONCE)
+
+        async def record_alone(p: _Pending) -> None:
+            async with limit:
+                outcomes[p.index] = await _outcome(self._record(client, operator_id, p, now))
+
+        await asyncio.gather(*(record_alone(p) for p in alone))
 
     def _new_issuance(self, p: "_Pending") -> issuance_store.NewIssuance:
         return issuance_store.NewIssuance(
