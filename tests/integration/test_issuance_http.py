@@ -256,21 +256,30 @@ async def test_client_kind_and_operator(http, terminal, keys, feed, rt):
     assert await _totals(rt) == before
 
 
-async def test_token_failure_gives_503_and_records_nothing(http, terminal, keys, rt, monkeypatch):
+def _one_or_batch(path: str, keys):
+    """A body of ``path``: one issuance, or a batch of three (refused whole when nothing can be issued)."""
+    if path == "/v1/certificates":
+        return issue_body(keys)
+    return {"requests": [issue_body(keys) for _ in range(3)]}
+
+
+@pytest.mark.parametrize("path", ["/v1/certificates", "/v1/certificate-batches"])
+async def test_token_failure_gives_503_and_records_nothing(http, terminal, keys, rt, monkeypatch, path):
     # SoftHSM cannot be made to fail on demand: inject the failure at the Signer boundary.
     async def failing_sign(*_a, **_k):
         raise HSMError("the token failed to sign (DeviceError)")
 
     before = await _totals(rt)
     monkeypatch.setattr(rt.signer, "sign", failing_sign)
-    resp = await http.post("/v1/certificates", json=issue_body(keys), **terminal.auth())
+    resp = await http.post(path, json=_one_or_batch(path, keys), **terminal.auth())
     data = await resp.json()
     assert resp.status == 503 and data["error"]["code"] == "hsm_unavailable"
     assert resp.headers["Retry-After"]
     assert await _totals(rt) == before
 
 
-async def test_database_failure_after_signing_records_nothing(http, terminal, keys, rt, monkeypatch):
+@pytest.mark.parametrize("path", ["/v1/certificates", "/v1/certificate-batches"])
+async def test_database_failure_after_signing_records_nothing(http, terminal, keys, rt, monkeypatch, path):
     from storage import issuance as issuance_store
 
     async def failing_insert(*_a, **_k):
@@ -278,8 +287,9 @@ async def test_database_failure_after_signing_records_nothing(http, terminal, ke
 
     before = await _totals(rt)
     monkeypatch.setattr(issuance_store, "record", failing_insert)
-    resp = await http.post("/v1/certificates", json=issue_body(keys), **terminal.auth())
-    assert resp.status == 503
+    resp = await http.post(path, json=_one_or_batch(path, keys), **terminal.auth())
+    data = await resp.json()
+    assert resp.status == 503 and data["error"]["code"] == "database_unavailable", data
     assert await _totals(rt) == before
 
 
@@ -365,33 +375,4 @@ async def test_batch_needs_a_terminal_and_its_operator(http, terminal, feed, key
     assert resp.status == 403, await resp.text()
     resp = await http.post("/v1/certificate-batches", json=body, ssl=terminal.ssl)  # no X-Operator-Id
     assert resp.status in (400, 403), await resp.text()
-    assert await _totals(rt) == before
-
-
-async def test_batch_with_the_token_down_is_refused_whole(http, terminal, keys, rt, monkeypatch):
-    # SoftHSM cannot be made to fail on demand: inject the failure at the Signer boundary.
-    async def failing_sign(*_a, **_k):
-        raise HSMError("the token failed to sign (DeviceError)")
-
-    before = await _totals(rt)
-    monkeypatch.setattr(rt.signer, "sign", failing_sign)
-    resp = await http.post("/v1/certificate-batches", json={"requests": [issue_body(keys) for _ in range(3)]},
-                           **terminal.auth())
-    data = await resp.json()
-    assert resp.status == 503 and data["error"]["code"] == "hsm_unavailable" and resp.headers["Retry-After"]
-    assert await _totals(rt) == before
-
-
-async def test_batch_with_the_database_down_after_signing_records_nothing(http, terminal, keys, rt, monkeypatch):
-    from storage import issuance as issuance_store
-
-    async def failing_insert(*_a, **_k):
-        raise ConnectionResetError("connection lost")
-
-    before = await _totals(rt)
-    monkeypatch.setattr(issuance_store, "record", failing_insert)
-    resp = await http.post("/v1/certificate-batches", json={"requests": [issue_body(keys) for _ in range(3)]},
-                           **terminal.auth())
-    data = await resp.json()
-    assert resp.status == 503 and data["error"]["code"] == "database_unavailable", data
     assert await _totals(rt) == before
