@@ -50,9 +50,21 @@ def publish(ctx: CommandContext, ca_ids, kind, generation, partitions, no_progre
             bar = tqdm(total=None, unit=" entries", desc=f"{'complete' if k == 'base' else 'delta'} CRLs",
                        disable=no_progress, leave=False)
             try:
-                for target in targets:
-                    bar.set_postfix_str(target.path)
-                    outcome = await pub.publish(target, progress=bar.update)
+                outcomes = []
+                if k == "base" and not partitions:
+                    # every complete CRL of a generation in one pass from one snapshot (the full CRL and every
+                    # partition's); a scope skipped there (lease held elsewhere) is tried again on its own
+                    for issuer in issuers:
+                        bar.set_postfix_str(f"{issuer.ca_id} g{issuer.generation}: every complete CRL")
+                        for outcome in await pub.publish_complete(issuer, progress=bar.update):
+                            outcomes.append(outcome if outcome.published
+                                            else await pub.publish(outcome.target, progress=bar.update))
+                else:
+                    for target in targets:
+                        bar.set_postfix_str(target.path)
+                        outcomes.append(await pub.publish(target, progress=bar.update))
+                for outcome in outcomes:
+                    target = outcome.target
                     if outcome.published:
                         p = outcome.published
                         async with rt.pool.acquire() as conn:

@@ -3,7 +3,8 @@ a copy of the newest CRL of each path in its own folder, the one it serves from.
 
 On a request the host looks up the newest CRL of the path that has its content (at most once a second per
 path and process), and when its own file is older it copies the bytes from the database into a temporary
-file, checks them (the size, the SHA-256 of the TBSCertList against the digest the token signed, and the
+file (a full CRL stored by reference is reassembled: its own parts and the partition CRLs' entry parts it
+refers to, in order; storage.crls.content), checks them (the size, the SHA-256 of the TBSCertList against the digest the token signed, and the
 signature against the issuing CA generation's key), and renames the file into place. Nothing unchecked is
 ever served, and a host's file never goes back to a lower CRL number. With the database unreachable the
 host serves the file it has.

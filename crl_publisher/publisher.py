@@ -16,6 +16,12 @@ across processes and machines):
    commit is the publication, seen by every host at once (crl_publisher.copies); then this host's
    file is replaced by rename, the previous issue kept as ``<name>.prev``.
 
+Every complete CRL of a CA generation at once (the daily issue: the scheduler, `shomei crl publish`, a
+retiring generation's final CRLs) is one pass (Publisher.publish_complete): one snapshot, the entries read
+once in (partition, serial) order, each page going into its partition CRL and into the full CRL, which then
+lists them partition by partition; each partition CRL is published as soon as it is complete, and the full
+CRL's content in PostgreSQL refers to the partitions' entry parts (migration 0017) instead of a copy.
+
 Files: ``{output}/{ca}/g{gen}-p{n}.crl`` and ``-delta.crl`` (the names certificates carry), and
 ``{output}/{ca}/g{gen}/full.crl`` and ``delta.crl``; /crl/{ca}/full.crl and delta.crl serve the
 current generation. The file's mtime is set to thisUpdate (Last-Modified when served).
@@ -63,6 +69,8 @@ CRL_SECONDS = Histogram("shomei_crl_publish_seconds", "Time to publish one CRL",
                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
 _CHUNK = 8 << 20
+_ENTRY_OCTETS = 48  # a typical stored CRL entry (serial, date, reasonCode): sizes a first issue's header room
+_SYNC_EVERY = 64 << 20
 
 
 async def activate_pending(conn, at: dt.datetime) -> int:
@@ -134,8 +142,12 @@ class _Writer:
     is then hashed by reading the file back (page cache), the token signs the digest, and the
     signature and headers are written in place. Memory: the pages in flight only."""
 
-    def __init__(self, final: Path, spec: crl_core.CRLSpec, size_hint: int, upload: "_Upload | None" = None):
+    def __init__(self, final: Path, spec: crl_core.CRLSpec, size_hint: int, upload: "_Upload | None" = None,
+                 keep_pages: bool = False):
         self.final = final
+        # keep_pages: the pages stay in memory until the digest (a partition CRL: at most partition_size
+        # entries), so the TBSCertList is hashed from them instead of being read back from the file
+        self._pages: list[bytes] | None = [] if keep_pages else None
         self.upload = upload
         self.spec = spec
         self.tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -147,6 +159,8 @@ class _Writer:
         self.tbs_len = 0
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crl-writer")
         self._pending = None
+        self._synced = 0
+        self._syncing: threading.Thread | None = None
         self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
     def _head_length(self, count: int, size: int) -> int:
@@ -167,7 +181,14 @@ class _Writer:
         offset = self.entries_at + self.size
         self.size += len(data)
         self.count += count
+        if self._pages is not None:
+            self._pages.append(data)
         self._pending = asyncio.get_running_loop().run_in_executor(self._ex, self._pwrite_all, data, offset)
+        if self.size - self._synced >= _SYNC_EVERY and (self._syncing is None or not self._syncing.is_alive()):
+            # a large file (the full CRL) goes to disk as it grows, so that little is left for the final sync
+            self._synced = self.size
+            self._syncing = threading.Thread(target=_fdatasync_quietly, args=(self._fd,), daemon=True)
+            self._syncing.start()
         if self.upload is not None:
             await self.upload.add(data)
 
@@ -176,6 +197,8 @@ class _Writer:
         if self._pending is not None:
             await self._pending
             self._pending = None
+        if self._syncing is not None:  # the fd may be replaced by _move_entries
+            await asyncio.get_running_loop().run_in_executor(self._ex, self._syncing.join)
         return await asyncio.get_running_loop().run_in_executor(self._ex, self._finish_tbs)
 
     def _finish_tbs(self) -> bytes:
@@ -196,12 +219,23 @@ class _Writer:
         self._pwrite_all(crl_core.tbs_trailer(self.spec), self.entries_at + self.size)
         h = self.spec.algorithm.new_hash()
         offset, end = prefix_len, prefix_len + self.tbs_len
-        while offset < end:
-            chunk = os.pread(self._fd, min(_CHUNK, end - offset), offset)
-            if not chunk:
-                raise RuntimeError("short read of the CRL being written")
-            h.update(chunk)
-            offset += len(chunk)
+        if self._pages is not None:
+            h.update(header)
+            for page in self._pages:
+                h.update(page)
+            h.update(crl_core.tbs_trailer(self.spec))
+            self._pages = None
+        else:
+            # read back (page cache) into one buffer, reused: memory stays flat however large the CRL
+            buf = bytearray(min(_CHUNK, end - offset))
+            view = memoryview(buf)
+            while offset < end:
+                n = os.preadv(self._fd, [view[:min(len(buf), end - offset)]], offset)
+                if not n:
+                    raise RuntimeError("short read of the CRL being written")
+                h.update(view[:n])
+                offset += n
+            view.release()
         if early_sync is not None:
             early_sync.join()
         return h.digest()
@@ -274,6 +308,8 @@ class _Writer:
     def abort(self) -> None:
         """Drop the temporary file (the published CRL is untouched)."""
         self._ex.shutdown(wait=True)  # a page write in flight finishes before its file is closed
+        if self._syncing is not None:
+            self._syncing.join()
         try:
             if self._fd is not None:
                 os.close(self._fd)
@@ -297,6 +333,7 @@ class _Upload:
         self.tr = None
         self.crl_id = None
         self.parts = 0
+        self.refs: dict[int, tuple[int, int, int] | None] = {}  # part -> (source CRL id, first, last part)
         self._pending = None
 
     async def start(self) -> None:
@@ -305,20 +342,43 @@ class _Upload:
         await self.tr.start()
         self.crl_id = await crls.new_crl_id(self.conn)
 
+    def run_first(self, statement) -> None:
+        """Run ``statement(conn)`` in this transaction before the parts that follow (in the background)."""
+        self._pending = asyncio.ensure_future(statement(self.conn))
+
     async def add(self, data: bytes) -> None:
         if self._pending is not None:
             await self._pending
         self.parts += 1
         self._pending = asyncio.ensure_future(crls.add_content(self.conn, self.crl_id, self.parts, data))
 
+    def reserve_ref(self) -> int:
+        """The next part will be a reference to another CRL's parts (set_ref, before commit)."""
+        self.parts += 1
+        self.refs[self.parts] = None
+        return self.parts
+
+    def set_ref(self, part: int, source_id: int, first: int, last: int) -> None:
+        if last < first:  # nothing to refer to (no entries)
+            self.refs.pop(part)
+        else:
+            self.refs[part] = (source_id, first, last)
+
     async def commit(self, head: bytes, tail: bytes, **record) -> int:
         if self._pending is not None:
             await self._pending
             self._pending = None
+        if any(r is None for r in self.refs.values()):
+            raise RuntimeError("a referenced part was never completed")
+        await crls.add_content_refs(self.conn, self.crl_id, [(p, *r) for p, r in sorted(self.refs.items())])
         await crls.add_content(self.conn, self.crl_id, 0, head)
         await crls.add_content(self.conn, self.crl_id, self.parts + 1, tail)
+        t0 = time.perf_counter()
         rid = await crls.record_published(self.conn, crl_id=self.crl_id, **record)
+        t1 = time.perf_counter()
         await self.tr.commit()
+        if self.refs:
+            log.debug("recorded (with pruning) %.3f s, committed %.3f s", t1 - t0, time.perf_counter() - t1)
         self.tr = None
         return rid
 
@@ -333,6 +393,17 @@ class _Upload:
             if self.conn is not None:
                 await self.pool.release(self.conn)
                 self.conn = None
+
+
+@dataclass
+class _PartitionOut:
+    """A partition CRL being written in a pass (writer None: its entries go into the full CRL only)."""
+
+    partition: int
+    target: Target | None
+    writer: _Writer | None
+    upload: _Upload | None
+    ref: int | None  # the full CRL's part that refers to this partition CRL's entry parts
 
 
 class _StatusChangesHeld:
@@ -618,6 +689,275 @@ class Publisher:
                 finally:
                     await self.pool.release(other)
 
+    # -- every complete CRL of a generation in one pass ------------------------------------------
+    async def publish_complete(self, issuer: Issuer, *, partitions: list[int] | None = None, final: bool = False,
+                               due=None, progress=None) -> list[Outcome]:
+        """The full CRL and the partition CRLs of one CA generation from ONE snapshot, every entry read once.
+
+        Under the leases of the full CRL and of each partition (a partition whose lease is held elsewhere is
+        not published, its entries still go into the full CRL), the entries are streamed in (partition,
+        serial) order; each page goes into its partition CRL (file, and its content in PostgreSQL) and into
+        the full CRL's file. Each partition CRL is signed and published (its own commit) as soon as its last
+        page has passed, while the next partitions stream. The full CRL lists the entries partition by
+        partition (RFC 5280 does not order CRL entries); its content in PostgreSQL refers to the partition
+        CRLs' entry parts instead of a second copy (migration 0017), and its commit, after every partition
+        it refers to, is its publication. ``due(last_base, last_base)`` is checked under the leases for each
+        scope; when the full CRL is not published (lease busy, not due) nothing is, and every scope is
+        reported skipped. Returns one Outcome per scope, the full CRL first."""
+        started = time.perf_counter()
+        gen_id = issuer.db_id
+        async with self.pool.acquire() as conn:
+            if partitions is None:
+                partitions = await crls.partitions(conn, gen_id)
+            wanted = [crls.FULL] + [crls.partition_scope(p) for p in partitions]
+            leased = await crls.try_leases(conn, gen_id, wanted)
+            hold = None
+            try:
+                if crls.FULL not in leased:
+                    return [Outcome(Target(issuer, s, "base", final), None, "another publisher holds the lease")
+                            for s in wanted]
+                latest = await crls.latest_by_scope(conn, gen_id)
+                skipped: dict[str, str] = {}
+                for scope in wanted:
+                    last = latest.get((scope, "base"))
+                    if scope not in leased:
+                        skipped[scope] = "another publisher holds the lease"
+                    elif due is not None and not due(last, last):
+                        skipped[scope] = "not due"
+                if crls.FULL in skipped:
+                    return [Outcome(Target(issuer, s, "base", final), None, skipped.get(s, "full CRL not due"))
+                            for s in wanted]
+                publish = [s for s in wanted if s not in skipped]
+                hold = _StatusChangesHeld(conn)
+                await hold.start()
+                newest = await crls.newest_this_update(conn, gen_id, publish)
+                now = self.clock.now()
+                if newest is not None and now < newest:
+                    log.warning("clock behind the last CRL of %s g%d by %s; thisUpdate kept at the last one's",
+                                issuer.ca_id, issuer.generation, newest - now)
+                    now = newest
+                async with conn.transaction():
+                    activated = await activate_pending(conn, now)
+                numbers = asyncio.ensure_future(self._allocate_numbers(gen_id, publish))
+                full_target = Target(issuer, crls.FULL, "base", final)
+                try:
+                    done = await self._pass(conn, issuer, publish, numbers, now, latest, progress, hold, final,
+                                            started)
+                except BaseException as exc:
+                    CRL_PUBLISHED.labels(full_target.label, "full", "error").inc()
+                    if isinstance(exc, Exception):
+                        await hold.end()
+                        await self._record_failure(conn, full_target, exc)
+                    raise
+                finally:
+                    await asyncio.gather(numbers, return_exceptions=True)
+                await crls.clear_failures(conn, gen_id, list(done), "base")
+                if activated:
+                    await self.status_sync()
+            finally:
+                if hold is not None:
+                    await hold.end()
+                await crls.release_leases(conn, gen_id, leased)
+        out = []
+        for scope in wanted:
+            target = Target(issuer, scope, "base", final)
+            if scope in done:
+                out.append(done[scope])
+            else:
+                out.append(Outcome(target, None, skipped.get(scope, "no such partition")))
+        log.info("published %d complete CRLs of %s g%d in one pass, %.3f s", len(done), issuer.ca_id,
+                 issuer.generation, time.perf_counter() - started)
+        return out
+
+    async def _allocate_numbers(self, gen_id: int, scopes: list[str]) -> dict[str, int]:
+        async with self.pool.acquire() as conn:
+            return await crls.allocate_numbers(conn, gen_id, scopes)
+
+    def _observe(self, outcome: Outcome) -> None:
+        target, published = outcome.target, outcome.published
+        kind = target.metric_kind
+        CRL_PUBLISHED.labels(target.label, kind, "ok").inc()
+        CRL_SECONDS.labels(target.label, kind).observe(outcome.seconds)
+        CRL_NUMBER.labels(target.label, kind).set(published.number)
+        CRL_ENTRIES.labels(target.label, kind).set(published.entries)
+        CRL_BYTES.labels(target.label, kind).set(published.bytes)
+
+    def _prepare_file(self, target: Target) -> Path:
+        final = self.out / target.path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in glob.glob(str(final.with_name(f".{final.name}.*.tmp"))):  # a crashed run's leftovers
+            os.unlink(stale)
+        return final
+
+    async def _pass(self, conn, issuer: Issuer, publish: list[str], numbers, now: dt.datetime, latest, progress,
+                    hold: "_StatusChangesHeld", final: bool, started: float) -> dict[str, Outcome]:
+        c = self.settings
+        done: dict[str, Outcome] = {}
+        full_t = Target(issuer, crls.FULL, "base", final)
+        prev_full = latest.get((crls.FULL, "base"))
+        publish_parts = {crls.scope_partition(s) for s in publish if s != crls.FULL}
+        full_upload = _Upload(self.pool)
+        full_writer = None
+        current = None
+        finishing: list[asyncio.Future] = []
+        snapshot = None
+
+        async def finish_partition(cur: _PartitionOut) -> None:
+            t = cur.target
+            try:
+                number = (await numbers)[t.scope]
+                spec = cur.writer.spec = self.spec(t, number, now, None)
+                digest = await cur.writer.finish_tbs()
+                signature = await self.signer.sign_digest(issuer.key_label, issuer.algorithm, digest)
+                size = await cur.writer.seal(signature)
+                rid = await cur.upload.commit(
+                    cur.writer.head, cur.writer.tail, generation_id=issuer.db_id, scope=t.scope, kind="base",
+                    number=number, base_id=None, this_update=now, next_update=spec.next_update, snapshot=snapshot,
+                    entries=cur.writer.count, size=size, sha256=digest, path=t.path)
+            except BaseException:
+                cur.writer.abort()
+                raise
+            finally:
+                await cur.upload.close()
+            full_upload.set_ref(cur.ref, rid, 1, cur.upload.parts)
+            try:
+                await cur.writer.install()
+            except OSError as exc:
+                log.warning("CRL %s number %d published, but not installed here: %s", t.path, number, exc)
+                cur.writer.abort()
+            outcome = Outcome(t, crls.PublishedCRL(rid, issuer.db_id, t.scope, "base", number, None, now,
+                                                   spec.next_update, snapshot, cur.writer.count, size, digest,
+                                                   t.path), None, time.perf_counter() - started)
+            done[t.scope] = outcome
+            self._observe(outcome)
+            log.debug("published %s number %d: %d entries, %d octets", t.path, number, cur.writer.count, size)
+
+        async def open_partition(p: int) -> _PartitionOut | None:
+            if p not in publish_parts:
+                return None
+            t = Target(issuer, crls.partition_scope(p), "base", final)
+            prev = latest.get((t.scope, "base"))
+            upload = _Upload(self.pool)
+            try:
+                await upload.start()
+                writer = _Writer(self._prepare_file(t), self.spec(t, prev.number + 1 if prev else 1, now, None),
+                                 prev.bytes if prev else self.partition_size * _ENTRY_OCTETS, upload,
+                                 keep_pages=True)
+            except BaseException:
+                await upload.close()
+                raise
+            return _PartitionOut(p, t, writer, upload, full_upload.reserve_ref())
+
+        async def close_partition(cur: _PartitionOut) -> None:
+            while len([f for f in finishing if not f.done()]) >= 2:  # at most two partitions finishing
+                await asyncio.wait([f for f in finishing if not f.done()], return_when=asyncio.FIRST_COMPLETED)
+            for f in finishing:
+                if f.done() and f.exception() is not None:
+                    raise f.exception()
+            finishing.append(asyncio.ensure_future(finish_partition(cur)))
+
+        try:
+            await full_upload.start()
+            # what the full CRL's commit makes due for pruning is done in its transaction while the pass streams
+            full_upload.run_first(lambda c: crls.prune_ahead_of_pass(c, full_t.path, publish))
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                snapshot = await crls.begin_snapshot(conn)
+                await hold.end()
+                # read in the snapshot: every partition with an entry the snapshot sees is listed
+                all_parts = await crls.partitions(conn, issuer.db_id)
+                # The room left for the headers is sized from the previous issue, or for a first issue from
+                # the planner's row estimate (only the magnitude matters: a wrong guess costs a copy of the file)
+                full_hint = prev_full.bytes if prev_full else await crls.estimated_revocations(conn) * _ENTRY_OCTETS
+                full_writer = _Writer(self._prepare_file(full_t),
+                                      self.spec(full_t, prev_full.number + 1 if prev_full else 1, now, None),
+                                      full_hint)
+                per_part = crls.serial_ranges(max(self.partition_size, 1) // c.page_rows + 1)
+                pages = [(p, low, high) for p in all_parts for low, high in per_part]
+                async with self._same_snapshot(conn, max(1, min(c.stream_connections, len(pages)))) as conns:
+                    width = len(conns)
+
+                    def fetch(i):
+                        p, low, high = pages[i]
+                        return asyncio.ensure_future(crls.entry_page(conns[i % width], issuer.db_id, p, now,
+                                                                     low, high))
+
+                    inflight = [fetch(i) for i in range(min(width, len(pages)))]
+                    waited = 0.0  # waiting for PostgreSQL's pages (the rest of the loop: writing them)
+                    try:
+                        for i in range(len(pages)):
+                            t0 = time.perf_counter()
+                            n, der = await inflight[i]
+                            waited += time.perf_counter() - t0
+                            if i + width < len(pages):
+                                inflight.append(fetch(i + width))
+                            inflight[i] = None
+                            p = pages[i][0]
+                            if current is None or current.partition != p:
+                                if current is not None and current.writer is not None:
+                                    cur, current = current, None
+                                    await close_partition(cur)
+                                current = await open_partition(p) or _PartitionOut(p, None, None, None, None)
+                            if n:
+                                await full_writer.add(n, der)
+                                if current.writer is not None:
+                                    await current.writer.add(n, der)
+                                else:
+                                    await full_upload.add(der)
+                                if progress:
+                                    progress(n)
+                    except BaseException:
+                        pending = [t for t in inflight if t is not None]
+                        for task in pending:
+                            task.cancel()
+                        await asyncio.gather(*pending, return_exceptions=True)
+                        raise
+            streamed = time.perf_counter()
+            if current is not None and current.writer is not None:
+                cur, current = current, None
+                await close_partition(cur)
+            number = (await numbers)[crls.FULL]
+            spec = full_writer.spec = self.spec(full_t, number, now, None)
+            digest = await full_writer.finish_tbs()
+            hashed = time.perf_counter()
+            signature = await self.signer.sign_digest(issuer.key_label, issuer.algorithm, digest)
+            size = await full_writer.seal(signature)
+            sealed = time.perf_counter()
+            await asyncio.gather(*finishing)
+            log.debug("partition CRLs finished %.3f s after the full CRL was sealed", time.perf_counter() - sealed)
+            rid = await full_upload.commit(
+                full_writer.head, full_writer.tail, generation_id=issuer.db_id, scope=crls.FULL, kind="base",
+                number=number, base_id=None, this_update=now, next_update=spec.next_update, snapshot=snapshot,
+                entries=full_writer.count, size=size, sha256=digest, path=full_t.path)
+        except BaseException:
+            for f in finishing:
+                f.cancel()
+            await asyncio.gather(*finishing, return_exceptions=True)
+            if current is not None and current.writer is not None:
+                current.writer.abort()
+                await current.upload.close()
+            if full_writer is not None:
+                full_writer.abort()
+            raise
+        finally:
+            await full_upload.close()
+        committed = time.perf_counter()
+        try:
+            await full_writer.install()
+        except OSError as exc:
+            log.warning("CRL %s number %d published, but not installed here: %s", full_t.path, number, exc)
+            full_writer.abort()
+        log.debug("pass of %s g%d: streamed %.3f s (waiting for pages %.3f s), full CRL hashed %.3f s, signed and "
+                  "sealed %.3f s, committed %.3f s, installed %.3f s", issuer.ca_id, issuer.generation,
+                  streamed - started, waited, hashed - streamed, sealed - hashed, committed - sealed,
+                  time.perf_counter() - committed)
+        outcome = Outcome(full_t, crls.PublishedCRL(rid, issuer.db_id, crls.FULL, "base", number, None, now,
+                                                     spec.next_update, snapshot, full_writer.count, size, digest,
+                                                     full_t.path), None, time.perf_counter() - started)
+        self._observe(outcome)
+        log.info("published %s number %d: %d entries, %d octets, %.3f s (one pass with %d partition CRLs)",
+                 full_t.path, number, full_writer.count, size, outcome.seconds, len(done))
+        return {crls.FULL: outcome, **done}
+
     # -- many CRLs -------------------------------------------------------------------------------
     def generations(self, ca_ids=KINDS, retired: set[int] = frozenset()) -> list[Issuer]:
         """CA generations that still publish: every generation whose CA certificate has not expired and
@@ -636,8 +976,10 @@ class Publisher:
         for issuer in self.generations():
             if issuer.db_id not in due:
                 continue
-            outcomes = [await self.publish(Target(t.issuer, t.scope, t.kind, final=True))
-                        for t in await self.targets(issuer, "base")]
+            # every scope's final complete CRL in one pass (one snapshot); a scope skipped there (its lease
+            # held elsewhere) is published on its own
+            outcomes = await self.publish_complete(issuer, final=True)
+            outcomes = [o if o.published else await self.publish(o.target) for o in outcomes]
             done += outcomes
             if all(o.published for o in outcomes):
                 async with self.pool.acquire() as conn:
@@ -682,7 +1024,18 @@ class Publisher:
         for issuer in self.generations(retired=retired):
             async with self.pool.acquire() as conn:
                 latest = await crls.latest_by_scope(conn, issuer.db_id)
-            for target in await self.targets(issuer, "base"):
+            targets = await self.targets(issuer, "base")
+            due_now = [t.scope for t in targets if base_due(latest.get((t.scope, "base")), None)]
+            if crls.FULL in due_now and len(due_now) > 1:
+                # the full CRL and partition CRLs due together (the daily issue): one pass, one snapshot,
+                # every entry read once; what it skips is retried below, scope by scope
+                for outcome in await self.publish_complete(
+                        issuer, partitions=[crls.scope_partition(s) for s in due_now if s != crls.FULL],
+                        due=base_due):
+                    if outcome.published:
+                        done.append(outcome)
+                        latest[(outcome.target.scope, "base")] = outcome.published
+            for target in targets:
                 base = latest.get((target.scope, "base"))
                 if base_due(base, base):
                     outcome = await self.publish(target, due=base_due)

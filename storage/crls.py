@@ -40,6 +40,21 @@ async def release_lease(conn, generation_id: int, scope: str) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1, $2)", *_lease_key(generation_id, scope))
 
 
+async def try_leases(conn, generation_id: int, scopes: list[str]) -> list[str]:
+    """The leases of several scopes at once (one round trip); returns the scopes whose lease was taken."""
+    keys = [_lease_key(generation_id, s) for s in scopes]
+    rows = await conn.fetch(
+        "SELECT i, pg_try_advisory_lock(a, b) AS ok FROM unnest($1::int[], $2::int[]) WITH ORDINALITY AS k(a, b, i)"
+        " ORDER BY i", [k[0] for k in keys], [k[1] for k in keys])
+    return [scopes[r["i"] - 1] for r in rows if r["ok"]]
+
+
+async def release_leases(conn, generation_id: int, scopes: list[str]) -> None:
+    keys = [_lease_key(generation_id, s) for s in scopes]
+    await conn.execute("SELECT pg_advisory_unlock(a, b) FROM unnest($1::int[], $2::int[]) AS k(a, b)",
+                       [k[0] for k in keys], [k[1] for k in keys])
+
+
 # -- numbers -------------------------------------------------------------------------------------
 
 async def allocate_number(conn, generation_id: int, scope: str) -> int:
@@ -49,6 +64,15 @@ async def allocate_number(conn, generation_id: int, scope: str) -> int:
         "INSERT INTO crl_number (ca_generation_id, scope, last_number) VALUES ($1, $2, 1)"
         " ON CONFLICT (ca_generation_id, scope) DO UPDATE SET last_number = crl_number.last_number + 1"
         " RETURNING last_number", generation_id, scope))
+
+
+async def allocate_numbers(conn, generation_id: int, scopes: list[str]) -> dict[str, int]:
+    """allocate_number for several scopes in one statement (committed before use)."""
+    rows = await conn.fetch(
+        "INSERT INTO crl_number (ca_generation_id, scope, last_number) SELECT $1, s, 1 FROM unnest($2::text[]) AS s"
+        " ON CONFLICT (ca_generation_id, scope) DO UPDATE SET last_number = crl_number.last_number + 1"
+        " RETURNING scope, last_number", generation_id, scopes)
+    return {r["scope"]: int(r["last_number"]) for r in rows}
 
 
 # -- partitions ----------------------------------------------------------------------------------
@@ -209,6 +233,16 @@ async def add_content(conn, crl_id: int, part: int, data: bytes) -> None:
     await conn.execute("INSERT INTO crl_content (crl_id, part, data) VALUES ($1, $2, $3)", crl_id, part, data)
 
 
+async def add_content_refs(conn, crl_id: int, refs: list[tuple[int, int, int, int]]) -> None:
+    """Parts of a CRL's bytes that are another CRL's parts (migration 0017): (part, source CRL id, its first
+    part, its last part) each, in the transaction that records the CRL; the sources are committed CRLs."""
+    if refs:
+        await conn.execute(
+            "INSERT INTO crl_content_ref (crl_id, part, source_id, first_part, last_part)"
+            " SELECT $1, p, s, f, l FROM unnest($2::int[], $3::bigint[], $4::int[], $5::int[]) AS u(p, s, f, l)",
+            crl_id, [r[0] for r in refs], [r[1] for r in refs], [r[2] for r in refs], [r[3] for r in refs])
+
+
 async def record_published(conn, *, generation_id: int, scope: str, kind: str, number: int, base_id: int | None,
                            this_update: dt.datetime, next_update: dt.datetime, snapshot: str, entries: int,
                            size: int, sha256: bytes, path: str, crl_id: int | None = None) -> int:
@@ -221,10 +255,55 @@ async def record_published(conn, *, generation_id: int, scope: str, kind: str, n
         " $1,$2,$3,$4,$5,$6,$7,$8::text::pg_snapshot,$9,$10,$11,$12) RETURNING id",
         generation_id, scope, kind, number, base_id, this_update, next_update, snapshot, entries, size, sha256,
         path, crl_id)
-    await conn.execute(
-        "DELETE FROM crl_content WHERE crl_id IN (SELECT id FROM crl WHERE path = $1 AND crl_number < $2"
-        " ORDER BY crl_number DESC OFFSET 1)", path, number)
+    await prune_content(conn, path, number)
     return rid
+
+
+async def prune_content(conn, path: str, number: int) -> None:
+    """Only the latest two CRLs of a path keep their content (the previous one for a host still copying it),
+    and a part still referenced by a kept CRL (a full CRL stored by reference, migration 0017) is never
+    deleted: the content of a referenced CRL goes once no reference to it is left and it is not among the
+    latest two of its own path. Called in the transaction that records CRL ``number`` of ``path``."""
+    freed = await conn.fetch(
+        "DELETE FROM crl_content_ref WHERE crl_id IN (SELECT id FROM crl WHERE path = $1 AND crl_number < $2"
+        " ORDER BY crl_number DESC OFFSET 1) RETURNING source_id", path, number)
+    await conn.execute(
+        "DELETE FROM crl_content c WHERE c.crl_id IN (SELECT id FROM crl WHERE path = $1 AND crl_number < $2"
+        " ORDER BY crl_number DESC OFFSET 1)"
+        " AND NOT EXISTS (SELECT 1 FROM crl_content_ref r WHERE r.source_id = c.crl_id)", path, number)
+    if freed:
+        sources = sorted({r["source_id"] for r in freed})
+        await conn.execute(
+            "DELETE FROM crl_content c WHERE c.crl_id = ANY($1::bigint[])"
+            " AND NOT EXISTS (SELECT 1 FROM crl_content_ref r WHERE r.source_id = c.crl_id)"
+            " AND c.crl_id NOT IN (SELECT k.id FROM crl s CROSS JOIN LATERAL (SELECT id FROM crl k"
+            "  WHERE k.path = s.path ORDER BY k.crl_number DESC LIMIT 2) k WHERE s.id = ANY($1::bigint[]))",
+            sources)
+
+
+async def prune_ahead_of_pass(conn, full_path: str, scopes: list[str]) -> None:
+    """At the start of the transaction that will record a new full CRL of ``full_path`` published in one pass
+    with the partition CRLs of ``scopes`` (crl_publisher.publisher.Publisher.publish_complete): the pruning
+    that the new full CRL's commit makes due, done while the pass streams (nothing of it is seen by others
+    before that commit, and a failed pass rolls it back). The full CRLs that then fall out of the latest two
+    lose their content and references; a partition CRL they referred to loses its content when no other CRL
+    refers to it and it falls out of the latest two of its path (for the scopes of the pass, whose leases
+    the publisher holds until the commit: everything older than its newest CRL, since the pass adds one)."""
+    freed = await conn.fetch(
+        "DELETE FROM crl_content_ref WHERE crl_id IN (SELECT id FROM crl WHERE path = $1"
+        " ORDER BY crl_number DESC OFFSET 1) RETURNING source_id", full_path)
+    await conn.execute(
+        "DELETE FROM crl_content c WHERE c.crl_id IN (SELECT id FROM crl WHERE path = $1"
+        " ORDER BY crl_number DESC OFFSET 1)"
+        " AND NOT EXISTS (SELECT 1 FROM crl_content_ref r WHERE r.source_id = c.crl_id)", full_path)
+    if freed:
+        await conn.execute(
+            "DELETE FROM crl_content c WHERE c.crl_id = ANY($1::bigint[])"
+            " AND NOT EXISTS (SELECT 1 FROM crl_content_ref r WHERE r.source_id = c.crl_id)"
+            " AND c.crl_id NOT IN (SELECT k.id FROM crl s CROSS JOIN LATERAL (SELECT id FROM crl k"
+            "  WHERE k.path = s.path ORDER BY k.crl_number DESC"
+            "  LIMIT CASE WHEN s.scope = ANY($2::text[]) THEN 1 ELSE 2 END) k WHERE s.id = ANY($1::bigint[]))",
+            sorted({r["source_id"] for r in freed}), scopes)
 
 
 async def latest_with_content(conn, path: str) -> PublishedCRL | None:
@@ -236,10 +315,23 @@ async def latest_with_content(conn, path: str) -> PublishedCRL | None:
 
 
 async def content(conn, crl_id: int):
-    """The parts of a CRL's bytes in order (an async iterator; call inside a transaction)."""
-    async for row in conn.cursor("SELECT data FROM crl_content WHERE crl_id = $1 ORDER BY part", crl_id,
-                                 prefetch=4):
+    """The parts of a CRL's bytes in order, its own parts and the parts it refers to (migration 0017)
+    reassembled (an async iterator; call inside a REPEATABLE READ transaction, so that every part is read
+    from one snapshot)."""
+    async for row in conn.cursor(
+            # the order is decided on the keys alone; each part's bytes are read after, one by one
+            "SELECT (SELECT data FROM crl_content c WHERE c.crl_id = k.cid AND c.part = k.cpart) AS data FROM ("
+            " SELECT part AS p, 0 AS q, crl_id AS cid, part AS cpart FROM crl_content WHERE crl_id = $1"
+            " UNION ALL SELECT r.part, s.part, s.crl_id, s.part FROM crl_content_ref r JOIN crl_content s"
+            "  ON s.crl_id = r.source_id AND s.part BETWEEN r.first_part AND r.last_part WHERE r.crl_id = $1"
+            ") k ORDER BY p, q", crl_id, prefetch=4):
         yield row["data"]
+
+
+async def newest_this_update(conn, generation_id: int, scopes: list[str]) -> dt.datetime | None:
+    """The latest thisUpdate of any CRL of these scopes."""
+    return await conn.fetchval("SELECT max(this_update) FROM crl WHERE ca_generation_id = $1 AND scope = ANY($2::text[])",
+                               generation_id, scopes)
 
 
 async def latest(conn, generation_id: int, scope: str, kind: str | None = None) -> PublishedCRL | None:
@@ -283,6 +375,11 @@ async def record_failure(conn, generation_id: int, scope: str, kind: str, path: 
 async def clear_failure(conn, generation_id: int, scope: str, kind: str) -> None:
     await conn.execute("DELETE FROM crl_failure WHERE ca_generation_id = $1 AND scope = $2 AND kind = $3",
                        generation_id, scope, kind)
+
+
+async def clear_failures(conn, generation_id: int, scopes: list[str], kind: str) -> None:
+    await conn.execute("DELETE FROM crl_failure WHERE ca_generation_id = $1 AND scope = ANY($2::text[]) AND kind = $3",
+                       generation_id, scopes, kind)
 
 
 async def failures(conn) -> list[Failure]:

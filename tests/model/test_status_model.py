@@ -44,7 +44,7 @@ SOAK = os.environ.get("SHOMEI_MODEL_SOAK") == "1"
 EXAMPLES = int(os.environ.get("SHOMEI_MODEL_EXAMPLES", "3000" if SOAK else "200"))
 APPLICANT = {"name": "山田　花子", "address": "東京都千代田区千代田１番１号", "birth_date": "319850412", "sex": "2"}
 RESET = ("TRUNCATE certificate, revocation, issuance, window_request, feed_event, free_reissue, online_nonce,"
-         " crl, crl_content, crl_number, crl_partition, ocsp_response_cache, audit_log")
+         " crl, crl_content, crl_content_ref, crl_number, crl_partition, ocsp_response_cache, audit_log")
 FLAG = {1: x509.ReasonFlags.key_compromise, 3: x509.ReasonFlags.affiliation_changed,
         4: x509.ReasonFlags.superseded, 5: x509.ReasonFlags.cessation_of_operation,
         6: x509.ReasonFlags.certificate_hold}

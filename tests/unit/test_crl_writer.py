@@ -8,7 +8,10 @@ import pytest
 
 from ca_core import crl as crl_core
 from crl_publisher.publisher import _Writer
-from tests.unit.test_crl import _entries, _signer, _spec, ec_ca, rsa_ca  # noqa: F401 (fixtures)
+from tests.unit import test_crl as _crl_tests
+from tests.unit.test_crl import _entries, _signer, _spec
+
+ec_ca, rsa_ca = _crl_tests.ec_ca, _crl_tests.rsa_ca  # the fixtures of test_crl.py
 
 
 def _files(folder) -> list[str]:
@@ -91,9 +94,10 @@ async def test_outer_length_octets_shrink_with_a_short_ecdsa_signature(tmp_path,
     else:
         pytest.skip("no CRL of exactly the boundary size in the search range")
     shifted = False
-    for _ in range(40):  # about half of P-256 signatures encode shorter than the maximum
-        size = await _write(tmp_path / "b.crl", spec, entries, key, 0)
-        der = (tmp_path / "b.crl").read_bytes()
+    for i in range(40):  # about half of P-256 signatures encode shorter than the maximum
+        # a file of its own each time: a file is never replaced by a CRL of the same number
+        size = await _write(tmp_path / f"b{i}.crl", spec, entries, key, 0)
+        der = (tmp_path / f"b{i}.crl").read_bytes()
         assert len(der) == size
         crl = x509.load_der_x509_crl(der)
         assert crl.is_signature_valid(key.public_key()) and len(crl) == n
