@@ -135,7 +135,7 @@ class EmbeddedPostgres:
             with open(self.data / "postgresql.auto.conf", "a") as f:
                 f.write("listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
                         "max_connections = 300\nshared_buffers = '512MB'\nwork_mem = '16MB'\n"
-                        "max_wal_size = '4GB'\ncheckpoint_timeout = '15min'\n")
+                        "max_wal_size = '4GB'\ncheckpoint_timeout = '15min'\nwal_compression = lz4\n")
         if not self.running():
             res = self._cmd(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
                             "-o", f"-p {self.port}", "-w", "-t", "60", "start", check=False)
