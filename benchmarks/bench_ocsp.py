@@ -269,6 +269,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--openssl-multi", type=int, default=2, help="openssl ocsp -multi (processes)")
+    ap.add_argument("--misses-only", action="store_true",
+                    help="run only the token's raw rate and the keep-alive misses (wrk), no cached GETs, no "
+                         "one-connection-per-request load, no openssl; nothing written to benchmarks/results")
     ap.add_argument("--json", metavar="FILE",
                     help="also write the figures there (default: benchmarks/results/ocsp.json)")
     args = ap.parse_args()
@@ -309,13 +312,14 @@ def main() -> None:
         base = f"http://127.0.0.1:{stack.port}"
         try:
             workers = children(stack.server.pid)
-            for line in (work / "get.txt").read_text().split()[:]:  # warm: every cached answer signed once
-                fetch(base + line)
-            for c in levels:
-                rows.append(("shomei cached GET", c, wrk(base, work / "get.lua", c, args.seconds)))
+            if not args.misses_only:
+                for line in (work / "get.txt").read_text().split()[:]:  # warm: every cached answer signed once
+                    fetch(base + line)
+                for c in levels:
+                    rows.append(("shomei cached GET", c, wrk(base, work / "get.lua", c, args.seconds)))
             for c in levels:
                 rows.append(("shomei miss (nonce)", c, wrk(base, work / "miss.lua", c, args.seconds)))
-            for c in levels:
+            for c in levels if not args.misses_only else ():
                 rows.append(("shomei miss, 1 conn/request", c,
                              pyload(base + "/ocsp", nonce_bodies, True, c, args.seconds)))
             # Correctness after the load: a revoked and a good certificate, through GET and POST.
@@ -328,6 +332,17 @@ def main() -> None:
             shomei_mem = peak_rss_mb(workers)
         finally:
             stack.stop_server()
+        if args.misses_only:
+            print(f"\nOCSP misses, {os.cpu_count()} cores, wrk -t2 on the same machine, {args.seconds} s per run")
+            for name, c, r in rows:
+                print(f"{name:28} {c:>5} {r['rate']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}  "
+                      f"ratio {r['rate'] / sign_rate:.2f}" + (f"  non-2xx {r['non2xx']}" if r["non2xx"] else "")
+                      + (f"  socket errors {r['errors']}" if r["errors"] else ""))
+            miss_best = max(r["rate"] for _n, _c, r in rows)
+            print(f"token raw signing rate ({args.workers} processes): {sign_rate:.0f}/s")
+            print(f"best miss: {miss_best:.0f}/s = {miss_best / sign_rate:.2f} of the token's signing rate "
+                  f"(goal >= 0.80), shomei worker peak RSS {shomei_mem:.0f} MB")
+            return
 
         port = free_port()
         cmd = ["openssl", "ocsp", "-index", str(work / "index.txt"), "-CA", str(work / "ca.pem"),

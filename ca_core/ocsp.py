@@ -358,6 +358,20 @@ def _cert_status(status: CertStatus) -> bytes:
     return der.tlv(0xA1, info)  # [1] IMPLICIT RevokedInfo
 
 
+_TIMES: dict[dt.datetime, bytes] = {}
+
+
+def _generalized_time(value: dt.datetime) -> bytes:
+    """der.generalized_time, remembered: the answers signed within one second share their times (about
+    4 µs of the event loop's work per answer otherwise)."""
+    encoded = _TIMES.get(value)
+    if encoded is None:
+        if len(_TIMES) >= 64:
+            _TIMES.clear()
+        encoded = _TIMES[value] = der.generalized_time(value)
+    return encoded
+
+
 def response_data(*, responder_key_hash: bytes, produced_at: dt.datetime,
                   singles: list[tuple[bytes, CertStatus]], this_update: dt.datetime,
                   next_update: dt.datetime, nonce: bytes | None = None) -> bytes:
@@ -368,10 +382,10 @@ def response_data(*, responder_key_hash: bytes, produced_at: dt.datetime,
         raise ValueError("nextUpdate must be after thisUpdate")
     if len(responder_key_hash) != 20:
         raise ValueError("the responder key hash is a SHA-1 digest")
-    this_der = der.generalized_time(this_update)
-    times = this_der + der.tlv(0xA0, der.generalized_time(next_update))
+    this_der = _generalized_time(this_update)
+    times = this_der + der.tlv(0xA0, _generalized_time(next_update))
     responses = b"".join(der.tlv(0x30, cert_id_der + _cert_status(status) + times) for cert_id_der, status in singles)
-    produced_der = this_der if produced_at == this_update else der.generalized_time(produced_at)
+    produced_der = this_der if produced_at == this_update else _generalized_time(produced_at)
     body = (der.tlv(0xA2, der.tlv(0x04, responder_key_hash)) + produced_der + der.tlv(0x30, responses))
     if nonce is not None:
         if not 1 <= len(nonce) <= MAX_NONCE_OCTETS:

@@ -27,7 +27,7 @@ import urllib.parse
 
 from aiohttp import web
 
-from .http import answer_headers
+from .http import _NO_STORE, answer_headers
 from .service import Responder
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ MAX_HEAD = 8192  # a longer head goes to aiohttp, which enforces its own limits
 MAX_BUFFERED = 1 << 20  # pipelined requests beyond this wait in the socket until the earlier are answered
 _B64 = bytes.maketrans(b"-_", b"+/")
 _REASONS = {200: b"OK"}
+# The header lines of answers that are not to be cached (nonce answers, most errors), encoded once.
+_NO_STORE_LINES = b"".join(f"{k}: {v}\r\n".encode() for k, v in _NO_STORE.items())
 
 
 class _Date:
@@ -85,7 +87,8 @@ class FastPath(asyncio.Protocol):
         self.paused = False  # the peer is not reading
         self.stopping = False
         self.reading = True
-        self.idle = None
+        self.idle = None  # the keep-alive timer
+        self.last_active = 0.0  # loop time of the last answer (or of the connection's start)
 
     # -- the connection --------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -123,9 +126,14 @@ class FastPath(asyncio.Protocol):
         if not self.busy and self.transport is not None:
             self.transport.close()
 
-    def _arm(self) -> None:
+    # One keep-alive timer per connection, not one per request: an answer only notes the time, and the
+    # timer, when it fires, closes the connection if it has been idle long enough or waits for the rest.
+    def _arm(self, delay: float | None = None) -> None:
         self._disarm()
-        self.idle = asyncio.get_running_loop().call_later(self.keepalive, self._expire)
+        loop = asyncio.get_running_loop()
+        if delay is None:
+            self.last_active = loop.time()
+        self.idle = loop.call_later(self.keepalive if delay is None else delay, self._expire)
 
     def _disarm(self) -> None:
         if self.idle is not None:
@@ -134,8 +142,14 @@ class FastPath(asyncio.Protocol):
 
     def _expire(self) -> None:
         self.idle = None
-        if not self.busy and self.transport is not None:
-            self.transport.close()
+        if self.transport is None:
+            return
+        if self.busy:  # an answer in progress: the idle time counts from its end
+            return self._arm(self.keepalive)
+        left = self.last_active + self.keepalive - asyncio.get_running_loop().time()
+        if left > 0:
+            return self._arm(left)
+        self.transport.close()
 
     def _handoff(self) -> None:
         """From now on aiohttp serves this connection, starting with what is buffered."""
@@ -189,7 +203,6 @@ class FastPath(asyncio.Protocol):
 
     def _begin(self, coro, close: bool) -> None:
         self.busy = True
-        self._disarm()
         task = asyncio.ensure_future(coro)
         task.add_done_callback(lambda t: self._done(t, close))
 
@@ -207,7 +220,10 @@ class FastPath(asyncio.Protocol):
         now = time.time()
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"OK")),
                b"Date: " + _date(now) + b"\r\n", b"Content-Length: %d\r\n" % len(body)]
-        out += [f"{k}: {v}\r\n".encode() for k, v in headers.items()]
+        if headers is _NO_STORE:
+            out.append(_NO_STORE_LINES)
+        else:
+            out += [f"{k}: {v}\r\n".encode() for k, v in headers.items()]
         if close or self.stopping:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
@@ -215,7 +231,7 @@ class FastPath(asyncio.Protocol):
         if close or self.stopping:
             transport.close()
             return
-        self._arm()
+        self.last_active = asyncio.get_running_loop().time()
         self._next()
         if not self.reading and len(self.buf) <= MAX_BUFFERED and self.transport is not None:
             self.reading = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from hsm.pkcs11_signer import MAX_HELD
 from hsm.signer import DEFERRABLE, URGENT
 
 
@@ -19,5 +20,7 @@ async def test_urgent_signatures_overtake_queued_ocsp_ones(rt):
     await asyncio.sleep(0)  # all 100 are queued on the token thread
     issuance = asyncio.create_task(sign("issuance", URGENT))
     await asyncio.gather(issuance, *ocsp)
-    assert done.index("issuance") <= 3, done[:10]  # next after the one or two already being signed
+    # next after the one or two already being signed; answers signed before it may be handed back to the
+    # event loop in the same batch (at most MAX_HELD), just ahead of it
+    assert done.index("issuance") <= 3 + MAX_HELD, done[:30]
     assert len(done) == 101
