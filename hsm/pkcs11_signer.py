@@ -53,8 +53,9 @@ class StartupError(ConfigError):
 # miss with batches, misses 70% -> 86% of the token's raw rate). A result is held only while at least
 # QUEUED_PER_HELD signatures per held result are still queued, so holding adds a small fraction to the
 # queueing delay a request already has (a lone request is handed over at once), and never more than
-# MAX_HELD results. Urgent work is never held. A held result waits for the next signature: if the token
-# hangs, it times out with that one (call_timeout).
+# MAX_HELD results. An urgent result is held only behind more urgent work (the signatures of an issuance
+# batch), never behind answers for OCSP. A held result waits for the next signature: if the token hangs,
+# it times out with that one (call_timeout).
 MAX_HELD = 16
 QUEUED_PER_HELD = 4
 
@@ -92,6 +93,8 @@ class _TokenThread:
                     break
                 priority, _n, fn, args, loop, future = heapq.heappop(self._heap)
                 queued = len(self._heap)
+                # urgent work behind this one: an urgent result may wait for it (a batch of issuances)
+                urgent_next = queued > 0 and self._heap[0][0] == URGENT
             try:
                 result, error = fn(*args), None
             except BaseException as exc:  # handed to the caller
@@ -100,7 +103,7 @@ class _TokenThread:
             if held is None:
                 held = self._held[loop] = []
             held.append((future, result, error))
-            if priority == URGENT or len(held) >= min(MAX_HELD, queued // QUEUED_PER_HELD):
+            if (priority == URGENT and not urgent_next) or len(held) >= min(MAX_HELD, queued // QUEUED_PER_HELD):
                 self._hand_over()
         self._hand_over()
 

@@ -90,3 +90,14 @@ async def test_stop_hands_over_what_was_held(batches):
     await asyncio.to_thread(t.stop)  # finishes the queue, then ends the thread
     assert await asyncio.wait_for(asyncio.gather(first, *futures), 5) == [True] + list(range(50))
     assert sum(batches) == 51
+
+
+async def test_urgent_work_behind_urgent_work_goes_in_batches(thread, batches):
+    """The signatures of an issuance batch: urgent results wait for the urgent ones queued behind them."""
+    gate = threading.Event()
+    first = thread.submit(URGENT, gate.wait, 10)
+    futures = [thread.submit(URGENT, lambda i=i: i) for i in range(100)]
+    gate.set()
+    assert await asyncio.wait_for(first, 10) is True
+    assert await asyncio.wait_for(asyncio.gather(*futures), 10) == list(range(100))
+    assert sum(batches) == 101 and len(batches) < 101 // 4, batches
