@@ -660,10 +660,7 @@ class Publisher:
                         if progress:
                             progress(n)
             except BaseException:
-                pending = [t for t in inflight if t is not None]
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await _cancel_pages(inflight)
                 raise
 
     @contextlib.asynccontextmanager
@@ -906,10 +903,7 @@ class Publisher:
                                 if progress:
                                     progress(n)
                     except BaseException:
-                        pending = [t for t in inflight if t is not None]
-                        for task in pending:
-                            task.cancel()
-                        await asyncio.gather(*pending, return_exceptions=True)
+                        await _cancel_pages(inflight)
                         raise
             streamed = time.perf_counter()
             if current is not None and current.writer is not None:
@@ -1044,3 +1038,11 @@ class Publisher:
                 if self.publish_deltas and delta_is_due(latest.get((target.scope, "delta")), base):
                     done.append(await self.publish(Target(issuer, target.scope, "delta"), due=delta_is_due))
         return done
+
+
+async def _cancel_pages(inflight: list) -> None:
+    """Cancel the page fetches still in flight (a stream that failed) and wait for them to end."""
+    pending = [t for t in inflight if t is not None]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
